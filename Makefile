@@ -1,0 +1,50 @@
+# Influence Explorer: one command for the demo, one for the tests.
+#   make demo   install, build the digits sample cache if missing, open the explorer
+#   make test   install, run the test suite
+# Override TORCH_SPEC for a CUDA build, e.g.
+#   make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+CACHE_DIR  ?= cache
+SAMPLE     ?= digits
+PORT       ?= 8501
+
+BIN := $(VENV)/bin
+PY  := $(BIN)/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo precompute app test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+precompute: install
+	@if [ -f "$(CACHE_DIR)/$(SAMPLE)/manifest.json" ]; then \
+		echo "cache $(CACHE_DIR)/$(SAMPLE) is present; skipping precompute"; \
+	else \
+		$(BIN)/influence-explorer precompute --sample $(SAMPLE) --cache-dir $(CACHE_DIR); \
+	fi
+
+app: install
+	$(BIN)/influence-explorer app --cache-dir $(CACHE_DIR) --port $(PORT)
+
+demo: precompute app
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(CACHE_DIR) .pytest_cache

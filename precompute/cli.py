@@ -1,0 +1,136 @@
+"""``influence-explorer``: precompute a cache, or open the explorer on one.
+
+Every expected failure (bad config, bad data, unwritable folder, conflicting run) prints one line
+``error: ...`` naming the file/field and the fix, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from precompute.errors import InfluenceExplorerError
+
+DEFAULT_CACHE_DIR = os.environ.get("INFLUENCE_EXPLORER_CACHE", "cache")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _params(value: str):
+    return value if value in ("all", "last_layer") else _csv(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="influence-explorer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pre = sub.add_parser("precompute", help="train/load a model and write an influence cache")
+    src = pre.add_mutually_exclusive_group()
+    src.add_argument("--config", help="run config (TOML); flags below override its values")
+    src.add_argument("--sample", help="a bundled sample config: digits, digits-noisy")
+    pre.add_argument("--name", help="run name (folder under --cache-dir)")
+    pre.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
+                     help="folder holding runs (default: $INFLUENCE_EXPLORER_CACHE or ./cache)")
+    pre.add_argument("--out", help="exact run folder to write (overrides --cache-dir/--name)")
+    pre.add_argument("--methods", type=_csv, help="comma-separated influence methods, e.g. exact,graddot,tracin")
+    pre.add_argument("--model", dest="arch", choices=["logreg", "mlp", "cnn"], help="built-in architecture")
+    pre.add_argument("--epochs", type=int)
+    pre.add_argument("--lr", type=float)
+    pre.add_argument("--optimizer", choices=["adam", "sgd", "lbfgs"])
+    pre.add_argument("--weight-decay", type=float)
+    pre.add_argument("--seed", type=int, help="training seed")
+    pre.add_argument("--damping", type=float, help="lambda in (H + lambda I)")
+    pre.add_argument("--params", type=_params, help="'all', 'last_layer' or comma-separated parameter prefixes")
+    pre.add_argument("--topk", type=int, help="top-k proponents/opponents stored per test point")
+    pre.add_argument("--label-noise", type=float, help="fraction of training labels to flip (e.g. 0.1)")
+    pre.add_argument("--noise-seed", type=int, help="seed for the label flips")
+    pre.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = GPU if present")
+    pre.add_argument("--overwrite", action="store_true", help="replace an existing run made with another config")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    app = sub.add_parser("app", help="open the explorer (Streamlit) on a cache folder")
+    app.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--headless", action="store_true", help="do not open a browser")
+    return parser
+
+
+def _load_run_config(args: argparse.Namespace):
+    from precompute.config import RunConfig, apply_overrides, load_config
+
+    if args.config:
+        cfg = load_config(args.config)
+    else:
+        from sample_data import sample_config_path, sample_names
+
+        name = args.sample or "digits"
+        if name not in sample_names():
+            from precompute.errors import ConfigError
+
+            raise ConfigError(f"--sample: unknown sample {name!r}; bundled samples: {sample_names()}")
+        cfg = load_config(sample_config_path(name))
+    cfg = apply_overrides(cfg, {
+        "name": args.name, "influence.methods": args.methods, "model.arch": args.arch, "train.epochs": args.epochs,
+        "train.lr": args.lr, "train.optimizer": args.optimizer, "train.weight_decay": args.weight_decay,
+        "train.seed": args.seed, "influence.damping": args.damping, "influence.params": args.params,
+        "influence.topk": args.topk, "data.label_noise": args.label_noise, "data.noise_seed": args.noise_seed,
+        "device": args.device,
+    })
+    assert isinstance(cfg, RunConfig)
+    return cfg.validate()
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from precompute.pipeline import run_precompute
+
+    cfg = _load_run_config(args)
+    result = run_precompute(cfg, cache_dir=args.cache_dir, run_dir=args.out, overwrite=args.overwrite,
+                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    if result.skipped:
+        print(f"cache: {result.path} (up to date)")
+        return 0
+    m = result.manifest
+    print(f"\ncache written: {result.path}")
+    print(f"  model {m['model']['arch']}: train acc {m['model']['train_accuracy']:.3f}, "
+          f"test acc {m['model']['test_accuracy']:.3f}")
+    print(f"  {m['dataset']['n_test']} test x {m['dataset']['n_train']} train, methods: {', '.join(m['methods'])}")
+    print("  stage timings:")
+    for stage, secs in result.timings.items():
+        print(f"    {stage:<22} {secs:8.2f} s")
+    print(f"  peak memory (RSS): {result.peak_rss_mb:.0f} MB")
+    print(f"open it with: influence-explorer app --cache-dir {Path(result.path).parent}")
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from streamlit.web import cli as st_cli
+
+    app_path = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
+    os.environ["INFLUENCE_EXPLORER_CACHE"] = str(Path(args.cache_dir).resolve())
+    sys.argv = ["streamlit", "run", str(app_path), "--server.port", str(args.port),
+                "--browser.gatherUsageStats", "false"]
+    if args.headless:
+        sys.argv += ["--server.headless", "true"]
+    return st_cli.main()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "precompute":
+            return cmd_precompute(args)
+        return cmd_app(args)
+    except InfluenceExplorerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written (partial output removed)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Validated run configuration: dataclasses with ``to_dict()``, loaded from TOML and/or CLI flags.
+
+A run config fully determines a cache: the cache records it, and precompute refuses to reuse a
+run directory made with a different one (unless ``--overwrite``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from precompute.errors import ConfigError
+
+ARCHITECTURES = ("logreg", "mlp", "cnn")
+OPTIMIZERS = ("adam", "sgd", "lbfgs")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+def _check(cond: bool, key: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg} (got {value!r}); fix it in the config file or the matching flag")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is split.
+
+    ``source = "digits"`` is scikit-learn's bundled handwritten digits (1,797 8x8 images).
+    ``label_noise`` flips that fraction of *training* labels to a random other class (seeded by
+    ``noise_seed``); the flipped set is recorded as ground truth for mislabel detection.
+    """
+
+    source: str = "digits"
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    label_noise: float = 0.0
+    noise_seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.source in ("digits",), "data.source", "must be one of ['digits']", self.source)
+        _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)", self.test_fraction)
+        _check(0.0 <= self.label_noise < 1.0, "data.label_noise", "must be in [0, 1)", self.label_noise)
+
+
+@dataclass
+class ModelConfig:
+    """A built-in architecture: ``logreg`` (softmax regression), ``mlp`` or ``cnn``."""
+
+    arch: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [32])
+    dtype: str = "float32"
+
+    def validate(self) -> None:
+        _check(self.arch in ARCHITECTURES, "model.arch", f"must be one of {list(ARCHITECTURES)}", self.arch)
+        _check(all(isinstance(h, int) and h > 0 for h in self.hidden), "model.hidden",
+               "must be a list of positive integers", self.hidden)
+        _check(self.dtype in DTYPES, "model.dtype", f"must be one of {list(DTYPES)}", self.dtype)
+
+
+@dataclass
+class TrainConfig:
+    """Deterministic training recipe.
+
+    The objective is ``mean cross-entropy + weight_decay / 2 * ||theta||^2``; the L2 term is part of
+    the loss (not the optimizer), so the Hessian used by influence methods is that of the real
+    training objective. ``checkpoints`` evenly spaced snapshots are kept (TracIn/TRAK use them).
+    """
+
+    optimizer: str = "adam"
+    lr: float = 0.01
+    epochs: int = 60
+    batch_size: int = 64
+    weight_decay: float = 1e-3
+    seed: int = 0
+    checkpoints: int = 5
+    lr_schedule: str = "cosine"
+
+    def validate(self) -> None:
+        _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", "must be 'constant' or 'cosine'",
+               self.lr_schedule)
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {list(OPTIMIZERS)}", self.optimizer)
+        _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", "must be an integer >= 1", self.epochs)
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size",
+               "must be an integer >= 1", self.batch_size)
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0", self.weight_decay)
+        _check(isinstance(self.checkpoints, int) and 1 <= self.checkpoints <= self.epochs, "train.checkpoints",
+               "must be an integer in [1, epochs]", self.checkpoints)
+
+
+@dataclass
+class InfluenceConfig:
+    """Which influence methods to run and how.
+
+    ``damping`` is lambda in ``(H + lambda I)``, where H already includes the weight-decay term.
+    ``params`` picks the parameters gradients are taken over: ``"all"``, ``"last_layer"`` or a list
+    of parameter-name prefixes. ``options`` holds per-method settings, e.g. ``{exact = {max_params = 5000}}``.
+    """
+
+    methods: list[str] = field(default_factory=lambda: ["exact", "graddot", "gradcos", "tracin"])
+    damping: float = 1e-3
+    params: Any = "all"
+    topk: int = 50
+    train_batch_size: int = 512
+    test_batch_size: int = 256
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from precompute.influence import available_methods
+
+        known = available_methods()
+        _check(len(self.methods) > 0, "influence.methods", "must name at least one method", self.methods)
+        for m in self.methods:
+            _check(m in known, "influence.methods", f"unknown method {m!r}; known: {known}", self.methods)
+        for m in self.options:
+            _check(m in known, "influence.options", f"options for unknown method {m!r}; known: {known}", m)
+        _check(len(set(self.methods)) == len(self.methods), "influence.methods", "lists a method twice", self.methods)
+        _check(self.damping >= 0, "influence.damping", "must be >= 0", self.damping)
+        _check(isinstance(self.topk, int) and self.topk >= 1, "influence.topk", "must be an integer >= 1", self.topk)
+        _check(self.params in ("all", "last_layer") or (isinstance(self.params, list) and self.params),
+               "influence.params", "must be 'all', 'last_layer' or a list of parameter-name prefixes", self.params)
+        for key in ("train_batch_size", "test_batch_size"):
+            v = getattr(self, key)
+            _check(isinstance(v, int) and v >= 1, f"influence.{key}", "must be an integer >= 1", v)
+
+
+@dataclass
+class EmbeddingConfig:
+    """UMAP of penultimate-layer features of train+test (computed in precompute, never in the UI)."""
+
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(isinstance(self.n_neighbors, int) and self.n_neighbors >= 2, "embedding.n_neighbors",
+               "must be an integer >= 2", self.n_neighbors)
+        _check(0.0 <= self.min_dist <= 1.0, "embedding.min_dist", "must be in [0, 1]", self.min_dist)
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a cache. ``device`` is not part of a run's identity."""
+
+    name: str = "digits"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    influence: InfluenceConfig = field(default_factory=InfluenceConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    device: str = "auto"
+
+    def validate(self) -> RunConfig:
+        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
+               "name", "must be a non-empty folder name of letters, digits, '-', '_' or '.'", self.name)
+        _check(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
+        for sub in (self.data, self.model, self.train, self.influence, self.embedding):
+            sub.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The part of the config that determines the cache contents (everything but device)."""
+        d = self.to_dict()
+        d.pop("device")
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                    "influence": InfluenceConfig, "embedding": EmbeddingConfig}
+        kwargs: dict[str, Any] = {}
+        top_keys = {f.name for f in fields(cls)}
+        for key, value in raw.items():
+            if key not in top_keys:
+                raise ConfigError(f"{source}: unknown key {key!r}; known keys: {sorted(top_keys)}")
+            if key in sections:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{source}: [{key}] must be a table")
+                known = {f.name for f in fields(sections[key])}
+                for sub in value:
+                    if sub not in known:
+                        raise ConfigError(f"{source}: unknown key {key}.{sub!r}; known keys: {sorted(known)}")
+                kwargs[key] = sections[key](**value)
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a TOML run config; raises ConfigError naming the file on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass an existing TOML file to --config")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
+    return RunConfig.from_dict(raw, source=str(p))
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted overrides such as ``{"train.epochs": 5}`` (from CLI flags); None values are skipped."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        target: Any = cfg
+        *path, last = dotted.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, last, value)
+    return cfg

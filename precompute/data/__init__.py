@@ -1,0 +1,5 @@
+"""Datasets: loading, deterministic splits, synthetic label noise."""
+
+from precompute.data.dataset import SplitDataset, inject_label_noise, load_dataset
+
+__all__ = ["SplitDataset", "inject_label_noise", "load_dataset"]

@@ -1,0 +1,46 @@
+"""Gradient dot product and gradient cosine similarity at the final model (no Hessian)."""
+
+from __future__ import annotations
+
+import torch
+
+from precompute.influence.base import InfluenceEstimator, register
+
+
+@register
+class GradDot(InfluenceEstimator):
+    """score(t, i) = g_t . g_i at the final parameters: influence with H replaced by I.
+
+    Cost O(n p) per test batch. Fast, dominated by samples with large gradients (high loss), which
+    makes its self-influence |g_i|^2 a decent mislabel signal.
+    """
+
+    name = "graddot"
+    summary = "gradient dot product (H = I)"
+
+    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._require_fit().gradients(x, y)
+
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._require_fit().gradients(x, y)
+
+
+@register
+class GradCos(InfluenceEstimator):
+    """score(t, i) = cos(g_t, g_i): direction only, so not dominated by high-loss samples.
+
+    Cost O(n p). Self-influence is always 1 (useless for finding mislabels; use another method).
+    """
+
+    name = "gradcos"
+    summary = "gradient cosine similarity"
+
+    @staticmethod
+    def _unit(g: torch.Tensor) -> torch.Tensor:
+        return g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._unit(self._require_fit().gradients(x, y))
+
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._unit(self._require_fit().gradients(x, y))

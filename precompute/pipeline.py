@@ -1,0 +1,236 @@
+"""The precompute pipeline: data -> training -> predictions/features -> influence -> embedding -> cache."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from explorer import cache as fmt
+from precompute.cache import CacheWriter, ScoreWriter
+from precompute.cache.writer import existing_run_status
+from precompute.config import RunConfig
+from precompute.data import SplitDataset, load_dataset
+from precompute.errors import ConfigError
+from precompute.influence import InfluenceTask, get_estimator
+from precompute.influence.runner import compute_self_influence, compute_train_factors, score_blocks
+from precompute.models import build_model, count_parameters, penultimate_features
+from precompute.params import ParamSpace, select_parameters
+from precompute.training import TrainResult, evaluate, train_model
+
+
+@dataclass
+class PrecomputeResult:
+    """Where the cache is and what each stage cost."""
+
+    path: Path
+    skipped: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when available, else CPU; ``cuda`` without a GPU is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class _Stages:
+    def __init__(self, log: Callable[[str], None]):
+        self.timings: dict[str, float] = {}
+        self.log = log
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        self.log(f"[{name}] ...")
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 3)
+        self.log(f"[{name}] done in {self.timings[name]:.1f}s")
+
+
+def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str | Path | None = None,
+                   overwrite: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> PrecomputeResult:
+    """Build the cache for ``cfg``; returns immediately if an identical complete run exists."""
+    cfg.validate()
+    run_dir = Path(run_dir) if run_dir else Path(cache_dir) / cfg.name
+    identity = cfg.identity()
+    if not overwrite and existing_run_status(run_dir, identity) == "same":
+        log(f"{run_dir} is up to date (same config); nothing to do. Pass --overwrite to rebuild.")
+        return PrecomputeResult(path=run_dir, skipped=True)
+    estimators = {m: get_estimator(m, cfg.influence.options.get(m)) for m in cfg.influence.methods}
+    device = resolve_device(cfg.device)
+    stages = _Stages(log)
+    t_start = time.perf_counter()
+    with CacheWriter(run_dir) as writer:
+        with stages.stage("data"):
+            ds = load_dataset(cfg.data)
+        dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
+        x_tr = torch.as_tensor(ds.x_train, dtype=dtype, device=device)
+        y_tr = torch.as_tensor(ds.y_train, device=device)
+        x_te = torch.as_tensor(ds.x_test, dtype=dtype, device=device)
+        y_te = torch.as_tensor(ds.y_test, device=device)
+        model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
+
+        with stages.stage("train"):
+            bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
+            trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te,
+                                  on_epoch=lambda row: (bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
+            bar.close()
+            model.eval()
+            for i, ck in enumerate(trained.checkpoints):
+                torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
+
+        with stages.stage("predictions"):
+            outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
+            for name, arr in outputs["arrays"].items():
+                writer.save_array(name, arr)
+
+        space = ParamSpace(model, select_parameters(model, cfg.influence.params))
+        task = InfluenceTask(model=model, space=space, x_train=x_tr, y_train=y_tr,
+                             weight_decay=cfg.train.weight_decay, damping=cfg.influence.damping,
+                             checkpoints=trained.checkpoints, batch_size=cfg.influence.train_batch_size)
+        method_info: dict[str, Any] = {}
+        for name, est in estimators.items():
+            with stages.stage(f"influence:{name}"):
+                method_info[name] = _run_method(name, est, task, x_te, y_te, writer, cfg, progress)
+        for name in estimators:
+            method_info[name]["seconds"] = stages.timings[f"influence:{name}"]
+
+        with stages.stage("embedding"):
+            emb = _umap(outputs["features"], cfg)
+            writer.save_array(fmt.EMBEDDING, emb)
+
+        with stages.stage("write"):
+            writer.save_parquet(fmt.SAMPLES, _samples_frame(ds, outputs))
+            writer.save_array(fmt.TRAIN_IMAGES, ds.images_train)
+            writer.save_array(fmt.TEST_IMAGES, ds.images_test)
+        stages.timings["total"] = round(time.perf_counter() - t_start, 3)
+        manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device)
+        path = writer.finalize(manifest)
+    return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=peak_rss_mb(), manifest=manifest)
+
+
+def _run_method(name, est, task, x_te, y_te, writer, cfg, progress) -> dict[str, Any]:
+    n_test, n_train = len(x_te), task.n_train
+    est.fit(task)
+    tb, qb = cfg.influence.train_batch_size, cfg.influence.test_batch_size
+    bar = tqdm(total=n_train + n_test, desc=name, unit="sample", disable=not progress, leave=False)
+    train_f = compute_train_factors(est, task, tb, tick=bar.update)
+    sink = ScoreWriter(writer, name, n_test, n_train, cfg.influence.topk)
+    for s, block in score_blocks(est, train_f, x_te, y_te, qb):
+        sink.write_rows(s, block)
+        bar.update(len(block))
+    bar.close()
+    sink.close(compute_self_influence(est, task, tb))
+    return {"config": est.config.to_dict(), "damping": est.damping_for(task), "summary": est.summary,
+            "fit": est.fit_info(), "topk": sink.k_row}
+
+
+@torch.no_grad()
+def _predictions(model, x_tr, y_tr, x_te, y_te) -> dict[str, Any]:
+    out: dict[str, Any] = {"arrays": {}}
+    for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
+        logits = torch.cat([model(x[s:s + 1024]) for s in range(0, len(x), 1024)])
+        probs = torch.softmax(logits, 1)
+        loss = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        out[split] = {"pred": probs.argmax(1).cpu().numpy(), "confidence": probs.max(1).values.cpu().numpy(),
+                      "loss": loss.cpu().numpy(), "probs": probs.cpu().numpy()}
+        out["arrays"][f"{split}_probs"] = probs.to(torch.float32).cpu().numpy()
+        feats = penultimate_features(model, x).to(torch.float32).cpu().numpy()
+        out["arrays"][f"{split}_features"] = feats
+    out["features"] = np.concatenate([out["arrays"]["train_features"], out["arrays"]["test_features"]])
+    return out
+
+
+def _umap(features: np.ndarray, cfg: RunConfig) -> np.ndarray:
+    """2-D UMAP of standardised features ``[n_train + n_test, d] -> [n_train + n_test, 2]``."""
+    import umap  # imported late: slow import, and JIT compiles on first use
+
+    f = (features - features.mean(0)) / (features.std(0) + 1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reducer = umap.UMAP(n_neighbors=min(cfg.embedding.n_neighbors, len(f) - 1), min_dist=cfg.embedding.min_dist,
+                            random_state=cfg.embedding.seed, n_components=2)
+        return reducer.fit_transform(f).astype(np.float32)
+
+
+def _samples_frame(ds: SplitDataset, outputs: dict[str, Any]) -> pd.DataFrame:
+    frames = []
+    for split, y, n in (("train", ds.y_train, ds.n_train), ("test", ds.y_test, ds.n_test)):
+        o = outputs[split]
+        frames.append(pd.DataFrame({
+            "split": split,
+            "index": np.arange(n, dtype=np.int64),
+            "label": y.astype(np.int64),
+            "original_label": (ds.y_train_original if split == "train" else ds.y_test).astype(np.int64),
+            "flipped": ds.flipped if split == "train" else np.zeros(n, bool),
+            "pred": o["pred"].astype(np.int64),
+            "confidence": o["confidence"].astype(np.float32),
+            "loss": o["loss"].astype(np.float32),
+            "correct": o["pred"] == y,
+            "source_index": (ds.train_source_index if split == "train" else ds.test_source_index).astype(np.int64),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info, timings, device) -> dict[str, Any]:
+    import hashlib
+
+    import numpy
+    import sklearn
+
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    test_loss, test_acc = evaluate(model, *_as_tensors(ds.x_test, ds.y_test, model))
+    train_loss, train_acc = evaluate(model, *_as_tensors(ds.x_train, ds.y_train, model))
+    return {
+        "name": cfg.name,
+        "config": cfg.identity(),
+        "dataset": {
+            "name": ds.name, "fingerprint": ds.fingerprint(), "n_train": ds.n_train, "n_test": ds.n_test,
+            "n_classes": ds.n_classes, "class_names": ds.class_names, "input_shape": list(ds.input_shape),
+            "image_shape": list(ds.images_train.shape[1:]), "label_noise": cfg.data.label_noise,
+            "n_flipped": int(ds.flipped.sum()),
+        },
+        "model": {
+            "arch": cfg.model.arch, "n_params": count_parameters(model), "n_influence_params": space.size,
+            "influence_params": space.names, "fingerprint": h.hexdigest()[:16],
+            "train_accuracy": train_acc, "test_accuracy": test_acc, "train_loss": train_loss, "test_loss": test_loss,
+            "history": trained.history,
+            "checkpoints": [{"path": f"checkpoints/checkpoint_{i:02d}.pt", "epoch": c.epoch, "lr": c.lr}
+                            for i, c in enumerate(trained.checkpoints)],
+        },
+        "methods": method_info,
+        "timings": timings,
+        "device": str(device),
+        "packages": {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+                     "pandas": pd.__version__, "scikit-learn": sklearn.__version__},
+    }
+
+
+def _as_tensors(x: np.ndarray, y: np.ndarray, model) -> tuple[torch.Tensor, torch.Tensor]:
+    p = next(model.parameters())
+    return torch.as_tensor(x, dtype=p.dtype, device=p.device), torch.as_tensor(y, device=p.device)
