@@ -60,7 +60,7 @@ class ParamSpace:
         """Split ``[*batch, p]`` back to ``{name: [*batch, *shape]}``."""
         batch = vec.shape[:-1]
         out, start = {}, 0
-        for n, shape, k in zip(self.names, self.shapes, self.numels):
+        for n, shape, k in zip(self.names, self.shapes, self.numels, strict=True):
             out[n] = vec[..., start:start + k].reshape(*batch, *shape)
             start += k
         return out
@@ -69,7 +69,7 @@ class ParamSpace:
         """Flat-vector slice of each module (parameters grouped by their module prefix)."""
         groups: dict[str, slice] = {}
         start = 0
-        for n, k in zip(self.names, self.numels):
+        for n, k in zip(self.names, self.numels, strict=True):
             module = n.rsplit(".", 1)[0] if "." in n else n
             s = groups.get(module)
             groups[module] = slice(s.start if s else start, start + k)
