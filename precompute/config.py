@@ -33,6 +33,9 @@ class DataConfig:
     ``source = "digits"`` is scikit-learn's bundled handwritten digits (1,797 8x8 images).
     ``label_noise`` flips that fraction of *training* labels to a random other class (seeded by
     ``noise_seed``); the flipped set is recorded as ground truth for mislabel detection.
+    ``labels_override`` is a CSV ``index,label`` (e.g. the review page's cleaned labels) applied to
+    the training labels after any noise; ``labels_override_sha256`` is filled in by ``validate()``
+    so that a changed file changes the run's identity (and triggers a rebuild).
     """
 
     source: str = "digits"
@@ -40,11 +43,24 @@ class DataConfig:
     split_seed: int = 0
     label_noise: float = 0.0
     noise_seed: int = 0
+    labels_override: str | None = None
+    labels_override_sha256: str | None = None
 
     def validate(self) -> None:
         _check(self.source in ("digits",), "data.source", "must be one of ['digits']", self.source)
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)", self.test_fraction)
         _check(0.0 <= self.label_noise < 1.0, "data.label_noise", "must be in [0, 1)", self.label_noise)
+        if self.labels_override is not None:
+            import hashlib
+
+            p = Path(self.labels_override)
+            if not p.is_file():
+                raise ConfigError(f"{p}: labels override file not found; pass an existing CSV (index,label) "
+                                  "to --labels-override (or data.labels_override)")
+            self.labels_override = str(p.resolve())
+            self.labels_override_sha256 = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        else:
+            self.labels_override_sha256 = None
 
 
 @dataclass
@@ -68,7 +84,7 @@ class TrainConfig:
 
     The objective is ``mean cross-entropy + weight_decay / 2 * ||theta||^2``; the L2 term is part of
     the loss (not the optimizer), so the Hessian used by influence methods is that of the real
-    training objective. ``checkpoints`` evenly spaced snapshots are kept (TracIn/TRAK use them).
+    training objective. ``checkpoints`` evenly spaced snapshots are kept (at most one per epoch) (TracIn/TRAK use them).
     """
 
     optimizer: str = "adam"
@@ -89,21 +105,22 @@ class TrainConfig:
         _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "train.batch_size",
                "must be an integer >= 1", self.batch_size)
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0", self.weight_decay)
-        _check(isinstance(self.checkpoints, int) and 1 <= self.checkpoints <= self.epochs, "train.checkpoints",
-               "must be an integer in [1, epochs]", self.checkpoints)
+        _check(isinstance(self.checkpoints, int) and self.checkpoints >= 1, "train.checkpoints",
+               "must be an integer >= 1", self.checkpoints)
 
 
 @dataclass
 class InfluenceConfig:
     """Which influence methods to run and how.
 
-    ``damping`` is lambda in ``(H + lambda I)``, where H already includes the weight-decay term.
+    ``damping`` is lambda in ``(H + lambda I)``, where H already includes the weight-decay term;
+    ``"auto"`` = 0.1 * tr(H) / p (Hutchinson estimate; see ``precompute.influence.base.auto_damping``).
     ``params`` picks the parameters gradients are taken over: ``"all"``, ``"last_layer"`` or a list
     of parameter-name prefixes. ``options`` holds per-method settings, e.g. ``{exact = {max_params = 5000}}``.
     """
 
     methods: list[str] = field(default_factory=lambda: ["exact", "graddot", "gradcos", "tracin"])
-    damping: float = 1e-3
+    damping: float | str = 1e-3
     params: Any = "all"
     topk: int = 50
     train_batch_size: int = 512
@@ -120,7 +137,9 @@ class InfluenceConfig:
         for m in self.options:
             _check(m in known, "influence.options", f"options for unknown method {m!r}; known: {known}", m)
         _check(len(set(self.methods)) == len(self.methods), "influence.methods", "lists a method twice", self.methods)
-        _check(self.damping >= 0, "influence.damping", "must be >= 0", self.damping)
+        _check(self.damping == "auto" or (isinstance(self.damping, int | float) and not isinstance(self.damping, bool)
+                                          and self.damping >= 0),
+               "influence.damping", "must be a number >= 0 or \"auto\"", self.damping)
         _check(isinstance(self.topk, int) and self.topk >= 1, "influence.topk", "must be an integer >= 1", self.topk)
         _check(self.params in ("all", "last_layer") or (isinstance(self.params, list) and self.params),
                "influence.params", "must be 'all', 'last_layer' or a list of parameter-name prefixes", self.params)
@@ -144,6 +163,33 @@ class EmbeddingConfig:
 
 
 @dataclass
+class MislabelConfig:
+    """Suspected-mislabel rankings (see docs/mislabels.md).
+
+    ``folds`` >= 2: k-fold retraining of the run's model for out-of-fold probabilities (cleanlab);
+    0 skips cleanlab. ``detector``: Outlier Gradient Analysis detector, ``isolation_forest`` or
+    ``lof``. ``topk``: proponents/opponents and label-vote neighbours kept per training sample.
+    """
+
+    enabled: bool = True
+    folds: int = 5
+    detector: str = "isolation_forest"
+    topk: int = 10
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(isinstance(self.enabled, bool), "mislabels.enabled", "must be true or false", self.enabled)
+        _check(isinstance(self.folds, int) and (self.folds == 0 or self.folds >= 2), "mislabels.folds",
+               "must be 0 (no cleanlab) or an integer >= 2", self.folds)
+        _check(self.detector in ("isolation_forest", "lof"), "mislabels.detector",
+               "must be 'isolation_forest' or 'lof'", self.detector)
+        _check(isinstance(self.topk, int) and self.topk >= 1, "mislabels.topk", "must be an integer >= 1", self.topk)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class RunConfig:
     """Everything that determines a cache. ``device`` is not part of a run's identity."""
 
@@ -153,13 +199,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     influence: InfluenceConfig = field(default_factory=InfluenceConfig)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
+    mislabels: MislabelConfig = field(default_factory=MislabelConfig)
     device: str = "auto"
 
     def validate(self) -> RunConfig:
         _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
                "name", "must be a non-empty folder name of letters, digits, '-', '_' or '.'", self.name)
         _check(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
-        for sub in (self.data, self.model, self.train, self.influence, self.embedding):
+        for sub in (self.data, self.model, self.train, self.influence, self.embedding, self.mislabels):
             sub.validate()
         return self
 
@@ -175,7 +222,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
         sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
-                    "influence": InfluenceConfig, "embedding": EmbeddingConfig}
+                    "influence": InfluenceConfig, "embedding": EmbeddingConfig, "mislabels": MislabelConfig}
         kwargs: dict[str, Any] = {}
         top_keys = {f.name for f in fields(cls)}
         for key, value in raw.items():

@@ -54,8 +54,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
-    """Evenly spaced epochs (1-based) at which to snapshot; always includes the last epoch."""
-    return sorted({int(round(e)) for e in np.linspace(epochs / n_checkpoints, epochs, n_checkpoints)})
+    """Evenly spaced epochs (1-based) at which to snapshot, at most one per epoch; includes the last."""
+    n = min(n_checkpoints, epochs)
+    return sorted({int(round(e)) for e in np.linspace(epochs / n, epochs, n)})
 
 
 def train_model(
