@@ -30,3 +30,21 @@ def cache_dir(tmp_path_factory) -> Path:
 def digits_run(cache_dir: Path) -> Path:
     """The bundled ``digits`` sample (MLP; exact, graddot, gradcos, tracin), built once per session."""
     return build_sample_run(cache_dir, "digits")
+
+
+@pytest.fixture(scope="session")
+def noisy_run(cache_dir: Path) -> Path:
+    """The bundled ``digits-noisy`` sample (10% flipped training labels, ground truth recorded) with
+    mislabel rankings, built once per session. Influence methods are limited to the fast graddot and
+    tracin to keep the session short; the mislabel stage (OGA, loss, cleanlab k-fold) runs in full."""
+    return build_sample_run(cache_dir, "digits-noisy", **{"influence.methods": ["graddot", "tracin"]})
+
+
+@pytest.fixture(scope="session")
+def logreg_run(cache_dir: Path) -> Path:
+    """The bundled ``digits-logreg`` sample (convex softmax regression, L-BFGS; exact, graddot, gradcos,
+    tracin), built once per session. Mislabel rankings are skipped (no label noise; faster)."""
+    from precompute.config import RunConfig
+
+    overrides = {"mislabels.enabled": False} if hasattr(RunConfig(), "mislabels") else {}
+    return build_sample_run(cache_dir, "digits-logreg", **overrides)

@@ -87,4 +87,67 @@ def load_dataset(cfg: DataConfig) -> SplitDataset:
         raise DataError(f"data.source: unknown source {cfg.source!r}")
     if cfg.label_noise > 0:
         ds.y_train, ds.flipped = inject_label_noise(ds.y_train_original, ds.n_classes, cfg.label_noise, cfg.noise_seed)
+    if cfg.labels_override:
+        apply_labels_override(ds, cfg.labels_override)
+    return ds
+
+
+def read_labels_override(path: str, n_train: int, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read a CSV ``index,label`` of training labels; ``label`` is a class index or a class name.
+
+    Returns ``(indices [m], labels [m])``. Raises :class:`DataError` naming the file, the row and the fix.
+    """
+    import csv
+
+    where = f"{path}"
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            if "index" not in cols or "label" not in cols:
+                raise DataError(f"{where}: labels override needs columns 'index,label' (found {cols}); "
+                                "export it from the review page or write a CSV with that header")
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read labels override ({exc.strerror or exc}); pass a readable CSV") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: labels override is not UTF-8 text; pass a CSV file (index,label)") from None
+    by_name = {name: i for i, name in enumerate(class_names)}
+    idx, lab = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+    for r, row in enumerate(rows):
+        line = r + 2
+        try:
+            idx[r] = int(row["index"])
+        except ValueError:
+            raise DataError(f"{where}: line {line}: index {row['index']!r} is not an integer; "
+                            f"use training indices 0..{n_train - 1}") from None
+        if not 0 <= idx[r] < n_train:
+            raise DataError(f"{where}: line {line}: index {idx[r]} is out of range; the training set has "
+                            f"indices 0..{n_train - 1} (was the file made for another run?)")
+        v = row["label"]
+        if v in by_name:
+            lab[r] = by_name[v]
+        elif v.lstrip("-").isdigit() and 0 <= int(v) < len(class_names):
+            lab[r] = int(v)
+        else:
+            raise DataError(f"{where}: line {line}: label {v!r} is not a class; use a class index "
+                            f"0..{len(class_names) - 1} or one of {class_names}")
+    if len(np.unique(idx)) != len(idx):
+        dup = int(idx[np.flatnonzero(np.bincount(idx) > 1)[0]]) if len(idx) else -1
+        raise DataError(f"{where}: index {dup} appears more than once; keep one row per training index")
+    return idx, lab
+
+
+def apply_labels_override(ds: SplitDataset, path: str) -> SplitDataset:
+    """Replace training labels from ``path`` (after noise injection); records what changed in ``ds.extra``.
+
+    ``flipped`` becomes ``y_train != y_train_original``: the labels still differing from the source.
+    """
+    idx, lab = read_labels_override(path, ds.n_train, ds.class_names)
+    before = ds.y_train.copy()
+    ds.y_train = ds.y_train.copy()
+    ds.y_train[idx] = lab
+    ds.flipped = ds.y_train != ds.y_train_original
+    ds.extra["labels_override"] = {"path": str(path), "rows": int(len(idx)),
+                                   "changed": int((before != ds.y_train).sum())}
     return ds

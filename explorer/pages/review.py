@@ -1,0 +1,365 @@
+"""Review suspected mislabels: a keyboard-driven queue of flagged training labels.
+
+Standalone Streamlit page (also run through ``explorer/app.py``'s navigation). The run comes from
+``?run=<name>``; decisions go to ``<cache-dir>/<run>.annotations.sqlite`` (see
+:mod:`explorer.annotations`), one transaction per decision, so none is lost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from components.review_figures import detection_figure, live_curve, progress_figure
+from explorer.annotations import AnnotationError, AnnotationStore, db_path
+from explorer.cache import (
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_TOP_HURT,
+    TRAIN_TOP_HURT_SCORES,
+    CacheProblem,
+    list_runs,
+)
+from explorer.mislabels import (
+    SELF_PREFIX,
+    MislabelData,
+    describe_method,
+    detection_curve,
+    load_mislabels,
+)
+from explorer.state import cache_dir, open_run, selected_run_name
+
+STATUSES = ("pending", "reviewed", "unsure", "all")
+SHORTCUTS = [("K", "keep the given label"), ("A", "accept the suggested label"), ("0-9", "relabel to that class"),
+             ("U", "unsure"), ("Z", "undo your last decision"), ("N / P", "next / previous without deciding")]
+K = "review_"  # session-state prefix
+
+
+# ------------------------------------------------------------------------------------------ data
+@st.cache_resource(show_spinner=False)
+def _mislabels(path: str, mtime: float) -> MislabelData:
+    from explorer.cache import RunCache
+
+    return load_mislabels(RunCache(path))
+
+
+def _store(run_name: str) -> AnnotationStore:
+    """This session's connection to the run's decisions database (one per session and database)."""
+    path = db_path(cache_dir(), run_name)
+    key = f"{K}store:{path}"
+    if key not in st.session_state:
+        st.session_state[key] = AnnotationStore(path, run=run_name)
+    return st.session_state[key]
+
+
+def _image(img: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour upscale of a small uint8 image to about ``size`` pixels wide."""
+    f = max(1, size // img.shape[1])
+    return np.repeat(np.repeat(np.asarray(img), f, axis=0), f, axis=1)
+
+
+def _influence_method(data: MislabelData, ranking: str) -> str:
+    """The influence method whose train->test arrays explain a flag (the ranking's own, else exact)."""
+    methods = data.run.methods
+    if ranking.startswith(SELF_PREFIX) and ranking[len(SELF_PREFIX):] in methods:
+        return ranking[len(SELF_PREFIX):]
+    for m in ("exact", "graddot", "tracin"):
+        if m in methods:
+            return m
+    return methods[0]
+
+
+# ----------------------------------------------------------------------------------- callbacks
+def _decide(store: AnnotationStore, sample: int, decision: str, new_label: int | None, given: int,
+            method: str, score: float, rank: int) -> None:
+    try:
+        store.record(sample, decision, new_label, st.session_state["reviewer"], given_label=given,
+                     method=method, score=score, rank=rank)
+    except (AnnotationError, OSError) as exc:
+        st.session_state[K + "error"] = f"decision on #{sample} NOT saved: {exc}"
+        return
+    except Exception as exc:  # sqlite3 errors: keep the reviewer on this sample, say why
+        st.session_state[K + "error"] = f"decision on #{sample} NOT saved ({type(exc).__name__}: {exc}); try again"
+        return
+    label = "" if new_label is None else f" -> {new_label}"
+    st.session_state[K + "flash"] = f"saved #{sample}: {decision}{label}"
+    st.session_state[K + "cursor"] = rank + 1
+
+
+def _undo(store: AnnotationStore, ranks: np.ndarray) -> None:
+    try:
+        last = store.undo_last(st.session_state["reviewer"])
+    except Exception as exc:
+        st.session_state[K + "error"] = f"undo failed ({type(exc).__name__}: {exc})"
+        return
+    if last is None:
+        st.session_state[K + "flash"] = "nothing to undo"
+        return
+    i = int(last["sample_index"])
+    st.session_state[K + "flash"] = f"undid {last['decision']} on #{i}"
+    st.session_state[K + "cursor"] = int(ranks[i]) if i < len(ranks) else 1
+
+
+def _move(rank: int, step: int) -> None:
+    st.session_state[K + "cursor"] = max(1, rank + step)
+    st.session_state[K + "back"] = step < 0
+
+
+# ---------------------------------------------------------------------------------------- page
+def _pick_run() -> None:
+    runs = [r for r in list_runs(cache_dir()) if r.ok]
+    st.info(f"Pick a run to review (runs under {cache_dir()}).")
+    names = [r.name for r in runs]
+    if not names:
+        st.warning("No runs found. Build one with: influence-explorer precompute --sample digits-noisy")
+        st.stop()
+    choice = st.selectbox("run", names, index=None, placeholder="choose a run")
+    if choice:
+        st.query_params["run"] = choice
+        st.rerun()
+    st.stop()
+
+
+def _ask_reviewer() -> None:
+    with st.form(K + "who"):
+        name = st.text_input("Your name (recorded with every decision)", key=K + "name_input")
+        if st.form_submit_button("Start reviewing", type="primary"):
+            if name.strip():
+                st.session_state["reviewer"] = name.strip()
+                st.rerun()
+            st.error("reviewer: enter a name to start")
+    st.stop()
+
+
+def main() -> None:
+    st.header("Review suspected mislabels")
+    run_name = selected_run_name()
+    if not run_name:
+        _pick_run()
+    try:
+        run = open_run(run_name)
+        data = _mislabels(str(run.path), (run.path / "manifest.json").stat().st_mtime)
+        table = data.table
+    except CacheProblem as exc:
+        st.error(exc.message)
+        st.stop()
+    if not st.session_state.get("reviewer"):
+        _ask_reviewer()
+    reviewer = st.session_state["reviewer"]
+    try:
+        store = _store(run_name)
+    except AnnotationError as exc:
+        st.error(str(exc))
+        st.stop()
+
+    n = run.n_train
+    classes = run.class_names
+    given = table["label"].to_numpy(np.int64)
+    suggested = table["suggested_label"].to_numpy(np.int64)
+    status = store.status(n)
+    current = store.current()
+
+    # ---------------------------------------------------------------- sidebar: method, filters, help
+    with st.sidebar:
+        st.caption(f"Reviewer: **{reviewer}** · run **{run_name}**")
+        methods = data.methods
+        method = st.selectbox("Rank by", methods, index=methods.index(data.default_method),
+                              key=K + "method", help="Higher score = more suspicious")
+        st.caption(describe_method(method))
+        class_filter = st.multiselect("Given label", classes, key=K + "classes")
+        pairs = pd.Series([f"{classes[g]} → {classes[s]}" for g, s in zip(given, suggested, strict=True)])
+        pair_counts = pairs[given != suggested].value_counts()
+        pair_opts = ["any"] + list(pair_counts.index)
+        pair = st.selectbox("Given → suggested", pair_opts, key=K + "pair",
+                            format_func=lambda p: p if p == "any" else f"{p} ({pair_counts[p]})")
+        st.markdown("**Shortcuts**\n\n" + "\n".join(f"- `{k}` {what}" for k, what in SHORTCUTS))
+
+    if st.session_state.get(K + "cursor_method") != method:
+        st.session_state[K + "cursor_method"] = method
+        st.session_state[K + "cursor"] = 1
+    counts = {s: int((status == s).sum()) for s in STATUSES[:3]}
+    counts["all"] = n
+    tab = st.radio("Status", STATUSES, horizontal=True, key=K + "status",
+                   format_func=lambda s: f"{s} ({counts[s]})", label_visibility="collapsed")
+
+    ranking = data.ranking(method)
+    ranks = data.ranks(method)
+    q = ranking.copy()
+    q["label"] = given[q["index"]]
+    q["status"] = status[q["index"]]
+    if tab != "all":
+        q = q[q["status"] == tab]
+    if class_filter:
+        q = q[q["label"].isin([classes.index(c) for c in class_filter])]
+    if pair != "any":
+        q = q[(pairs.to_numpy()[q["index"]] == pair) & (given[q["index"]] != suggested[q["index"]])]
+
+    if K + "error" in st.session_state:
+        st.error(st.session_state.pop(K + "error"))
+    if K + "flash" in st.session_state:
+        st.toast(st.session_state.pop(K + "flash"))
+
+    cursor = int(st.session_state.get(K + "cursor", 1))
+    back = st.session_state.pop(K + "back", False)
+    if q.empty:
+        st.success(f"No {tab} samples match the filters." if tab != "all" else "No samples match the filters.")
+        row = None
+    else:
+        ahead = q[q["rank"] <= cursor] if back else q[q["rank"] >= cursor]
+        row = (ahead.iloc[-1] if back else ahead.iloc[0]) if not ahead.empty else q.iloc[0]
+
+    if row is not None:
+        _card(run, data, store, row, method, given, suggested, classes, ranks, current, len(q), q)
+
+    _progress(run, data, store, status, given, classes, method)
+    _export(run, store, given, run_name)
+
+
+def _card(run, data: MislabelData, store, row, method, given, suggested, classes, ranks, current, q_len, q) -> None:
+    i, rank, score = int(row["index"]), int(row["rank"]), float(row["score"])
+    t = data.table.loc[i]
+    g, s = int(given[i]), int(suggested[i])
+    pos = int(np.flatnonzero(q["index"].to_numpy() == i)[0]) + 1
+    st.subheader(f"Training sample #{i} · rank {rank} of {run.n_train} · {pos} of {q_len} in queue")
+    left, right = st.columns([1, 1.4])
+    with left:
+        st.image(_image(run.array(TRAIN_IMAGES)[i], 280), caption=f"#{i}", width=280)
+    with right:
+        c1, c2 = st.columns(2)
+        c1.metric("Given label", classes[g])
+        c2.metric("Suggested label", classes[s], delta=None if s != g else "same as given", delta_color="off")
+        st.markdown(
+            f"**{method}** score `{score:.4g}` (rank {rank}/{run.n_train})  \n"
+            f"Model prediction **{classes[int(t['pred_label'])]}**"
+            + (f" · out-of-fold prediction **{classes[int(t['oof_label'])]}** "
+               f"({float(t['oof_confidence']):.0%})" if "oof_label" in t else "")
+            + f" · neighbours' vote **{classes[int(t['proponent_label'])]}** ({float(t['proponent_agreement']):.0%})"
+            + ("  \ncleanlab flags this label as an issue" if bool(t.get("cleanlab_issue", False)) else ""))
+        others = ", ".join(f"{m}: {int(data.ranks(m)[i])}" for m in data.methods if m != method)
+        st.caption(f"Rank under other methods: {others}")
+        if i in current.index:
+            c = current.loc[i]
+            lab = "" if pd.isna(c["new_label"]) else f" → {classes[int(c['new_label'])]}"
+            st.info(f"Current decision: **{c['decision']}**{lab} by {c['reviewer']} at {c['created_at'][:19]}")
+    _buttons(store, i, g, s, method, score, rank, classes, ranks)
+    _why(run, data, i, method, classes)
+
+
+def _buttons(store, i, g, s, method, score, rank, classes, ranks) -> None:
+    cols = st.columns(6)
+    cols[0].button("Keep (K)", key=K + "keep", shortcut="k", type="primary", on_click=_decide,
+                   args=(store, i, "keep", g, g, method, score, rank), width="stretch")
+    cols[1].button(f"Accept {classes[s]} (A)", key=K + "accept", shortcut="a", on_click=_decide,
+                   args=(store, i, "accept", s, g, method, score, rank), width="stretch")
+    cols[2].button("Unsure (U)", key=K + "unsure", shortcut="u", on_click=_decide,
+                   args=(store, i, "unsure", None, g, method, score, rank), width="stretch")
+    cols[3].button("Undo (Z)", key=K + "undo", shortcut="z", on_click=_undo, args=(store, ranks),
+                   width="stretch")
+    cols[4].button("Prev (P)", key=K + "prev", shortcut="p", on_click=_move, args=(rank, -1),
+                   width="stretch")
+    cols[5].button("Next (N)", key=K + "next", shortcut="n", on_click=_move, args=(rank, 1),
+                   width="stretch")
+    keyed = classes[:10]
+    rel = st.columns(max(len(keyed), 1))
+    for c, name in enumerate(keyed):
+        rel[c].button(f"{c}: {name}" if str(name) != str(c) else str(c), key=f"{K}relabel_{c}", shortcut=str(c),
+                      on_click=_decide, args=(store, i, "relabel", c, g, method, score, rank),
+                      width="stretch", help=f"relabel to {name}")
+    if len(classes) > 10:
+        extra = st.selectbox("Relabel to another class", classes[10:], index=None, key=f"{K}relabel_more_{i}")
+        if extra is not None:
+            st.button(f"Relabel to {extra}", key=K + "relabel_more", on_click=_decide,
+                      args=(store, i, "relabel", classes.index(extra), g, method, score, rank))
+
+
+def _why(run, data: MislabelData, i, method, classes) -> None:
+    st.markdown("##### Why it was flagged")
+    inf = _influence_method(data, method)
+    tr_img, te_img = run.array(TRAIN_IMAGES), run.array(TEST_IMAGES)
+    labels = data.table["label"].to_numpy()
+    tests = run.test_samples()
+    k = 6
+    a, b = st.columns(2)
+    with a:
+        hurt = np.asarray(run.method_array(inf, TRAIN_TOP_HURT)[i][:k])
+        hurt_s = np.asarray(run.method_array(inf, TRAIN_TOP_HURT_SCORES)[i][:k])
+        st.caption(f"Test points it hurts most ({inf}; negative = raises their loss)")
+        st.image([_image(te_img[j], 72) for j in hurt], width=72,
+                 caption=[f"t{j} y={classes[int(tests.loc[j, 'label'])]} p={classes[int(tests.loc[j, 'pred'])]} "
+                          f"{v:.2g}" for j, v in zip(hurt, hurt_s, strict=True)])
+        nb = data.embedding_neighbors(i, k)
+        st.caption("Nearest neighbours in the embedding (given labels)")
+        st.image([_image(tr_img[j], 72) for j in nb], width=72, caption=[f"#{j} {classes[labels[j]]}" for j in nb])
+    with b:
+        pro, pro_s = (np.asarray(x[i][:k]) for x in data.proponents)
+        opp, opp_s = (np.asarray(x[i][:k]) for x in data.opponents)
+        st.caption("Strongest proponents among training samples (support this label)")
+        st.image([_image(tr_img[j], 72) for j in pro], width=72,
+                 caption=[f"#{j} {classes[labels[j]]} {v:.2g}" for j, v in zip(pro, pro_s, strict=True)])
+        st.caption("Strongest opponents (fight this label)")
+        st.image([_image(tr_img[j], 72) for j in opp], width=72,
+                 caption=[f"#{j} {classes[labels[j]]} {v:.2g}" for j, v in zip(opp, opp_s, strict=True)])
+
+
+def _progress(run, data: MislabelData, store, status, given, classes, method) -> None:
+    st.divider()
+    n = len(status)
+    reviewed, unsure = int((status == "reviewed").sum()), int((status == "unsure").sum())
+    st.progress(reviewed / max(n, 1), text=f"Reviewed {reviewed} / {n} ({unsure} unsure)")
+    nc = len(classes)
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(progress_figure(classes, np.bincount(given, minlength=nc),
+                                        np.bincount(given[status == "reviewed"], minlength=nc),
+                                        np.bincount(given[status == "unsure"], minlength=nc)),
+                        width="stretch", key=K + "progress_fig")
+    with right:
+        if data.detection:
+            flipped = run.train_samples()["flipped"].to_numpy(bool)
+            curves = {m: detection_curve(data.table[m].to_numpy(), flipped) for m in data.methods}
+            order = store.current().sort_values("id")["sample_index"].to_numpy(np.int64)
+            order = order[order < n]
+            fig = detection_figure(curves, method, live_curve(order, flipped), int(flipped.sum()))
+            st.plotly_chart(fig, width="stretch", key=K + "detection_fig")
+            d = data.detection[method]
+            st.caption(f"{method}: ROC-AUC {d['roc_auc']:.3f}, found {d['found@10%']:.0%} of flipped labels in "
+                       "the top 10% (ground truth from injected noise; not shown on the cards)")
+        else:
+            st.caption("No ground truth in this run (no injected label noise): detection curves are not shown.")
+
+
+def _export(run, store, given, run_name) -> None:
+    with st.expander("Export / import decisions"):
+        c1, c2, c3 = st.columns(3)
+        c1.download_button("Decisions CSV", store.export_csv(), file_name=f"{run_name}.decisions.csv",
+                           mime="text/csv", key=K + "dl_csv")
+        c2.download_button("Decisions JSON", store.export_json(), file_name=f"{run_name}.decisions.json",
+                           mime="application/json", key=K + "dl_json")
+        cleaned = store.cleaned_labels(given).to_csv(index=False)
+        c3.download_button("Cleaned labels CSV", cleaned, file_name=f"{run_name}.cleaned_labels.csv",
+                           mime="text/csv", key=K + "dl_clean")
+        target = cache_dir() / f"{run_name}.cleaned_labels.csv"
+        if st.button("Save cleaned labels beside the cache", key=K + "save_clean"):
+            try:
+                store.write_cleaned_labels(target, given)
+                st.success(f"wrote {target}")
+            except OSError as exc:
+                st.error(f"{target}: cannot write ({exc.strerror or exc}); download the file instead")
+        st.code(f"influence-explorer precompute --config <run config> --name {run_name}-cleaned "
+                f"--labels-override {target}", language="bash")
+        up = st.file_uploader("Import decisions (CSV or JSON export)", type=["csv", "json"], key=K + "upload")
+        if up is not None and st.button("Import", key=K + "import"):
+            import tempfile
+            from pathlib import Path
+
+            with tempfile.TemporaryDirectory() as d:
+                p = Path(d) / up.name
+                p.write_bytes(up.getvalue())
+                try:
+                    st.success(f"imported {store.import_file(p)} new rows")
+                except AnnotationError as exc:
+                    st.error(str(exc))
+
+
+main()

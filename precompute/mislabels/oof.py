@@ -1,0 +1,72 @@
+"""Out-of-fold predicted probabilities: k-fold retraining of the run's own model and recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from precompute.config import ModelConfig, TrainConfig
+from precompute.models import build_model, count_parameters
+from precompute.training import train_model
+
+
+@contextmanager
+def _torch_threads(n: int | None):
+    """Temporarily set torch's intra-op threads (small models train fastest on one thread)."""
+    if n is None:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def fold_assignment(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """``fold[i]`` in ``[0, folds)``: stratified by label when every class has >= ``folds`` samples."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    y = np.asarray(y)
+    counts = np.bincount(y)
+    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if counts[counts > 0].min() >= folds
+                else KFold(folds, shuffle=True, random_state=seed))
+    fold = np.empty(len(y), np.int64)
+    for k, (_, held) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        fold[held] = k
+    return fold
+
+
+def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+                      folds: int = 5, seed: int = 0, device: torch.device | str = "cpu",
+                      log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``[n, n_classes]`` for every training sample from a model that never saw it.
+
+    Each of ``folds`` models is built with ``build_model(model_cfg)`` and trained with
+    ``train_model(train_cfg)`` (the run's own recipe, seeded by ``seed + fold``) on the other folds,
+    then predicts its held-out fold. Returns ``(probs float32, fold [n] int64)``.
+    """
+    fold = fold_assignment(y, folds, seed)
+    dtype = torch.float64 if model_cfg.dtype == "float64" else torch.float32
+    xt = torch.as_tensor(x, dtype=dtype, device=device)
+    yt = torch.as_tensor(y, device=device)
+    probs = np.zeros((len(y), n_classes), np.float32)
+    probe = build_model(model_cfg, tuple(x.shape[1:]), n_classes)
+    threads = 1 if count_parameters(probe) < 200_000 and torch.device(device).type == "cpu" else None
+    with _torch_threads(threads):
+        for k in range(folds):
+            tr = torch.as_tensor(np.flatnonzero(fold != k), device=device)
+            te = torch.as_tensor(np.flatnonzero(fold == k), device=device)
+            model = build_model(model_cfg, tuple(x.shape[1:]), n_classes).to(device)
+            train_model(model, xt[tr], yt[tr], train_cfg, init_seed=seed * 1000 + train_cfg.seed + k)
+            model.eval()
+            with torch.no_grad():
+                p = torch.cat([torch.softmax(model(xt[te[s:s + 1024]]), 1) for s in range(0, len(te), 1024)])
+            probs[te.cpu().numpy()] = p.to(torch.float32).cpu().numpy()
+            if log:
+                log(f"  fold {k + 1}/{folds}: held-out accuracy {(p.argmax(1) == yt[te]).float().mean().item():.3f}")
+    return probs, fold

@@ -1,0 +1,95 @@
+"""AppTest of the review page: shortcut buttons decide, advance the queue and write the database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from explorer.annotations import AnnotationStore, db_path
+from explorer.cache import RunCache
+from explorer.mislabels import load_mislabels
+
+PAGE = str(Path(__file__).resolve().parent.parent / "explorer" / "pages" / "review.py")
+
+
+@pytest.fixture
+def page(noisy_run: Path, monkeypatch):
+    cache = noisy_run.parent
+    db = db_path(cache, noisy_run.name)
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        p.unlink(missing_ok=True)
+    monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(cache))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["run"] = noisy_run.name
+    yield at, db
+    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        p.unlink(missing_ok=True)
+
+
+def _shown(at: AppTest) -> int:
+    """Training index of the card on screen (from its subheader '#<i> · rank ...')."""
+    head = at.subheader[0].value
+    return int(head.split("#")[1].split(" ")[0])
+
+
+def test_reviewer_name_is_asked_once(page):
+    at, _ = page
+    at.run()
+    assert not at.exception
+    assert at.text_input(key="review_name_input") is not None
+    at.text_input(key="review_name_input").input("Ann")
+    at.button[0].click().run()
+    assert at.session_state["reviewer"] == "Ann"
+    assert not at.exception and at.subheader  # the queue is shown now
+
+
+def test_shortcut_buttons_decide_advance_and_persist(page, noisy_run: Path):
+    at, db = page
+    at.session_state["reviewer"] = "tester"
+    at.run()
+    assert not at.exception, at.exception
+    data = load_mislabels(RunCache(noisy_run))
+    order = data.ranking(data.default_method)["index"].tolist()
+    assert _shown(at) == order[0]
+    buttons = {b.key: b for b in at.button}
+    assert buttons["review_keep"].proto.shortcut.lower() == "k"
+    assert buttons["review_relabel_3"].proto.shortcut == "3"
+
+    at.button(key="review_keep").click().run()
+    assert _shown(at) == order[1]  # auto-advanced
+    at.button(key="review_relabel_3").click().run()
+    assert _shown(at) == order[2]
+    at.button(key="review_accept").click().run()
+    assert _shown(at) == order[3]
+    at.button(key="review_unsure").click().run()
+    assert _shown(at) == order[4]
+
+    with AnnotationStore(db) as store:
+        hist = store.history()
+    assert hist["sample_index"].tolist() == order[:4]
+    assert hist["decision"].tolist() == ["keep", "relabel", "accept", "unsure"]
+    assert hist["reviewer"].unique().tolist() == ["tester"]
+    assert hist.loc[1, "new_label"] == 3
+    given = data.table["label"].to_numpy()
+    assert hist.loc[0, "new_label"] == given[order[0]]
+    assert hist.loc[2, "new_label"] == data.table["suggested_label"].to_numpy()[order[2]]
+    assert (hist["method"] == data.default_method).all() and hist.loc[0, "rank"] == 1
+
+    at.button(key="review_undo").click().run()  # undo goes back to the undone sample
+    assert _shown(at) == order[3]
+    with AnnotationStore(db) as store:
+        assert order[3] not in store.current().index and len(store.history()) == 5
+
+    at.radio(key="review_status").set_value("reviewed").run()
+    assert _shown(at) == order[0]
+    assert not at.exception
+
+
+def test_page_without_run_offers_a_picker(noisy_run: Path, monkeypatch):
+    monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(noisy_run.parent))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert noisy_run.name in at.selectbox[0].options
