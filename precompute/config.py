@@ -16,6 +16,7 @@ import tomllib
 from precompute.errors import ConfigError
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
+DATA_SOURCES = ("digits", "image_folder", "table", "npz", "python")  # python = in-memory (the Python API)
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -30,7 +31,13 @@ def _check(cond: bool, key: str, msg: str, value: Any) -> None:
 class DataConfig:
     """Where the data comes from and how it is split.
 
-    ``source = "digits"`` is scikit-learn's bundled handwritten digits (1,797 8x8 images).
+    ``source``: ``"digits"`` (scikit-learn's bundled handwritten digits, 1,797 8x8 images),
+    ``"image_folder"`` (``path/<split>/<class>/*.png`` or ``path/<class>/*`` split by
+    ``test_fraction``; converted to ``image_mode`` and ``image_size`` [height, width]; corrupt files
+    skipped with a count or fatal per ``on_corrupt``), ``"table"`` (CSV/parquet at ``path`` with
+    ``label_column`` and numeric ``feature_columns``, default all others; a ``split`` column is used
+    if present) or ``"npz"`` (``X_train, y_train, X_test, y_test``, optional ``class_names``).
+    ``class_names`` fixes the class order (and the allowed labels).
     ``label_noise`` flips that fraction of *training* labels to a random other class (seeded by
     ``noise_seed``); the flipped set is recorded as ground truth for mislabel detection.
     ``labels_override`` is a CSV ``index,label`` (e.g. the review page's cleaned labels) applied to
@@ -45,9 +52,25 @@ class DataConfig:
     noise_seed: int = 0
     labels_override: str | None = None
     labels_override_sha256: str | None = None
+    path: str | None = None
+    image_mode: str | None = None
+    image_size: list[int] | None = None
+    on_corrupt: str = "error"
+    label_column: str = "label"
+    feature_columns: list[str] | None = None
+    class_names: list[str] | None = None
 
     def validate(self) -> None:
-        _check(self.source in ("digits",), "data.source", "must be one of ['digits']", self.source)
+        _check(self.source in DATA_SOURCES, "data.source", f"must be one of {list(DATA_SOURCES)}", self.source)
+        if self.source not in ("digits", "python"):
+            _check(bool(self.path), "data.path", f"is required for source {self.source!r}", self.path)
+            _check(Path(str(self.path)).exists(), "data.path", "does not exist; point it at your data", self.path)
+            self.path = str(Path(str(self.path)).resolve())
+        _check(self.image_mode in (None, "L", "RGB"), "data.image_mode", "must be \"L\" or \"RGB\"", self.image_mode)
+        _check(self.image_size is None or (isinstance(self.image_size, list) and len(self.image_size) == 2
+                                           and all(isinstance(v, int) and v > 0 for v in self.image_size)),
+               "data.image_size", "must be [height, width] in pixels", self.image_size)
+        _check(self.on_corrupt in ("error", "skip"), "data.on_corrupt", "must be \"error\" or \"skip\"", self.on_corrupt)
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)", self.test_fraction)
         _check(0.0 <= self.label_noise < 1.0, "data.label_noise", "must be in [0, 1)", self.label_noise)
         if self.labels_override is not None:
@@ -65,13 +88,41 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A built-in architecture: ``logreg`` (softmax regression), ``mlp`` or ``cnn``."""
+    """A built-in architecture trained by precompute, or the user's own trained model.
+
+    Built-in: ``arch`` = ``logreg`` (softmax regression), ``mlp`` (tanh) or ``cnn``, trained with [train].
+    Your own: ``factory = "path/to/file.py:make_model"`` (returns an ``nn.Module``) and
+    ``checkpoint`` = a state_dict file or a list of them (oldest first; the last is the model
+    explained, all are used by TracIn/TRAK), loaded with ``torch.load(weights_only=True)``; nothing
+    is trained. ``checkpoint_lrs`` are the learning rates TracIn weights them by (default 1 each).
+    """
 
     arch: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [32])
     dtype: str = "float32"
+    factory: str | None = None
+    checkpoint: str | list[str] | None = None
+    checkpoint_lrs: list[float] | None = None
+
+    @property
+    def checkpoints(self) -> list[str]:
+        if self.checkpoint is None:
+            return []
+        return [self.checkpoint] if isinstance(self.checkpoint, str) else list(self.checkpoint)
 
     def validate(self) -> None:
+        if self.factory is not None:
+            _check(":" in self.factory, "model.factory", "must look like 'path/to/file.py:make_model'", self.factory)
+            _check(bool(self.checkpoints), "model.checkpoint", "is required with model.factory (a state_dict file)",
+                   self.checkpoint)
+            for ck in self.checkpoints:
+                _check(Path(ck).is_file(), "model.checkpoint", "file not found; save one with "
+                       "torch.save(model.state_dict(), path)", ck)
+            _check(self.checkpoint_lrs is None or len(self.checkpoint_lrs) == len(self.checkpoints),
+                   "model.checkpoint_lrs", "needs one learning rate per checkpoint", self.checkpoint_lrs)
+            path, func = self.factory.rsplit(":", 1)
+            self.factory = f"{Path(path).resolve()}:{func}"
+            self.checkpoint = [str(Path(c).resolve()) for c in self.checkpoints]
         _check(self.arch in ARCHITECTURES, "model.arch", f"must be one of {list(ARCHITECTURES)}", self.arch)
         _check(all(isinstance(h, int) and h > 0 for h in self.hidden), "model.hidden",
                "must be a list of positive integers", self.hidden)
@@ -263,4 +314,32 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for part in path:
             target = getattr(target, part)
         setattr(target, last, value)
+    return cfg
+
+
+def apply_damping_from_eval(cfg: RunConfig, cache_dir: str | Path, out: str | Path | None = None) -> RunConfig:
+    """Resolve ``influence.damping = "from-eval[:RUN]"`` to the best lambda recorded by ``evaluate``.
+
+    The source run is ``RUN`` (a name under ``cache_dir`` or a folder) or else the run being built
+    (``out`` or ``cache_dir/name``). Every damped method with a recorded best value gets it as its own
+    ``influence.options.<m>.damping``; ``influence.damping`` becomes the best value of the method with
+    the highest LDS (used by methods without a recorded value).
+    """
+    from explorer.trust import recorded_best_damping
+
+    source = str(cfg.influence.damping).partition(":")[2]
+    if source:
+        run_dir = Path(source) if (Path(source) / "manifest.json").is_file() else Path(cache_dir) / source
+    else:
+        run_dir = Path(out) if out else Path(cache_dir) / cfg.name
+    best = recorded_best_damping(run_dir)
+    if not best:
+        raise ConfigError(f"influence.damping: 'from-eval' found no damping sensitivity in {run_dir}/evaluation/"
+                          f"results.json; run `influence-explorer evaluate {run_dir.name}` first, name the evaluated "
+                          "run with --damping from-eval:RUN, or pass a number")
+    top = max(best, key=lambda m: best[m]["best_lds"] if best[m]["best_lds"] is not None else float("-inf"))
+    cfg.influence.damping = best[top]["best"]
+    for m in cfg.influence.methods:
+        if m in best:
+            cfg.influence.options.setdefault(m, {})["damping"] = best[m]["best"]
     return cfg

@@ -16,7 +16,13 @@ from precompute.errors import ModelError
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
-    """Build ``logreg`` / ``mlp`` / ``cnn`` for inputs of ``input_shape`` (C, H, W or D)."""
+    """Build ``logreg`` / ``mlp`` / ``cnn`` for inputs of ``input_shape`` (C, H, W or D), or call the
+    user's ``model.factory`` (a fresh, untrained instance: k-fold retraining uses this too)."""
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    if cfg.factory:
+        from precompute.user_model import build_user_model
+
+        return build_user_model(cfg.factory).to(dtype)
     n_in = math.prod(input_shape)
     if cfg.arch == "logreg":
         model = nn.Sequential(nn.Flatten(), nn.Linear(n_in, n_classes))
@@ -40,7 +46,6 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) 
         )
     else:
         raise ModelError(f"model.arch: unknown architecture {cfg.arch!r}")
-    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     return model.to(dtype)
 
 

@@ -27,7 +27,8 @@ from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence.runner import compute_self_influence, compute_train_factors, score_blocks
 from precompute.models import build_model, count_parameters, penultimate_features
 from precompute.params import ParamSpace, select_parameters
-from precompute.training import TrainResult, evaluate, train_model
+from precompute.training import Checkpoint, TrainResult, evaluate, train_model
+from precompute.user_model import check_output_size, load_user_model
 
 
 @dataclass
@@ -70,8 +71,15 @@ class _Stages:
 
 def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str | Path | None = None,
                    overwrite: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> PrecomputeResult:
-    """Build the cache for ``cfg``; returns immediately if an identical complete run exists."""
+                   log: Callable[[str], None] = print, dataset: SplitDataset | None = None,
+                   model: torch.nn.Module | None = None,
+                   checkpoints: list[Checkpoint] | None = None) -> PrecomputeResult:
+    """Build the cache for ``cfg``; returns immediately if an identical complete run exists.
+
+    ``dataset`` / ``model`` (+ ``checkpoints``) hand over in-memory data and an already trained
+    model (the Python API); otherwise the data comes from ``cfg.data`` and the model is trained
+    from ``cfg.model``/``cfg.train`` or loaded from the user's ``model.factory`` + ``checkpoint``.
+    """
     cfg.validate()
     run_dir = Path(run_dir) if run_dir else Path(cache_dir) / cfg.name
     identity = cfg.identity()
@@ -84,22 +92,35 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     t_start = time.perf_counter()
     with CacheWriter(run_dir) as writer:
         with stages.stage("data"):
-            ds = load_dataset(cfg.data)
+            ds = dataset if dataset is not None else load_dataset(cfg.data)
         dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
         x_tr = torch.as_tensor(ds.x_train, dtype=dtype, device=device)
         y_tr = torch.as_tensor(ds.y_train, device=device)
         x_te = torch.as_tensor(ds.x_test, dtype=dtype, device=device)
         y_te = torch.as_tensor(ds.y_test, device=device)
-        model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
 
-        with stages.stage("train"):
-            bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
-            trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te,
-                                  on_epoch=lambda row: (bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
-            bar.close()
-            model.eval()
-            for i, ck in enumerate(trained.checkpoints):
-                torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
+        if model is not None:
+            model = model.to(device=device, dtype=dtype).eval()
+            check_output_size(model, x_te, ds.n_classes, "the model")
+            ckpts = checkpoints or [Checkpoint(epoch=1, lr=1.0, state_dict=_state(model))]
+            trained = TrainResult(checkpoints=ckpts)
+        elif cfg.model.factory:
+            with stages.stage("load model"):
+                model, states = load_user_model(cfg.model.factory, cfg.model.checkpoints, x_te.cpu(), ds.n_classes)
+                model = model.to(device=device, dtype=dtype).eval()
+                lrs = cfg.model.checkpoint_lrs or [1.0] * len(states)
+                trained = TrainResult(checkpoints=[Checkpoint(epoch=i + 1, lr=lr, state_dict=st)
+                                                   for i, (st, lr) in enumerate(zip(states, lrs, strict=True))])
+        else:
+            model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
+            with stages.stage("train"):
+                bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
+                trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
+                    bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
+                bar.close()
+                model.eval()
+        for i, ck in enumerate(trained.checkpoints):
+            torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
 
         with stages.stage("predictions"):
             outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
@@ -117,6 +138,15 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
         for name in estimators:
             method_info[name]["seconds"] = stages.timings[f"influence:{name}"]
 
+        mislabel_info = None
+        if cfg.mislabels.enabled:
+            with stages.stage("mislabels"):
+                from precompute.mislabels import run_mislabel_stage
+
+                self_inf = {m: np.load(writer.path(f"{fmt.METHODS_DIR}/{m}/{fmt.SELF_INFLUENCE}.npy"))
+                            for m in estimators}
+                mislabel_info = run_mislabel_stage(cfg, ds, model, outputs, self_inf, writer, device, log)
+
         with stages.stage("embedding"):
             emb = _umap(outputs["features"], cfg)
             writer.save_array(fmt.EMBEDDING, emb)
@@ -127,6 +157,9 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
             writer.save_array(fmt.TEST_IMAGES, ds.images_test)
         stages.timings["total"] = round(time.perf_counter() - t_start, 3)
         manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device)
+        manifest["dataset"]["labels_override"] = ds.extra.get("labels_override")
+        if mislabel_info is not None:
+            manifest["mislabels"] = mislabel_info
         path = writer.finalize(manifest)
     return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=peak_rss_mb(), manifest=manifest)
 
@@ -191,7 +224,13 @@ def _samples_frame(ds: SplitDataset, outputs: dict[str, Any]) -> pd.DataFrame:
             "correct": o["pred"] == y,
             "source_index": (ds.train_source_index if split == "train" else ds.test_source_index).astype(np.int64),
         }))
+        if f"{split}_paths" in ds.extra:
+            frames[-1]["path"] = ds.extra[f"{split}_paths"]
     return pd.concat(frames, ignore_index=True)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info, timings, device) -> dict[str, Any]:
@@ -213,10 +252,13 @@ def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info,
             "name": ds.name, "fingerprint": ds.fingerprint(), "n_train": ds.n_train, "n_test": ds.n_test,
             "n_classes": ds.n_classes, "class_names": ds.class_names, "input_shape": list(ds.input_shape),
             "image_shape": list(ds.images_train.shape[1:]), "label_noise": cfg.data.label_noise,
-            "n_flipped": int(ds.flipped.sum()),
+            "n_flipped": int(ds.flipped.sum()), "source": cfg.data.source,
+            "source_path": ds.extra.get("source_path"),
+            "skipped_corrupt": len(ds.extra.get("skipped_corrupt", [])),
+            "skipped_corrupt_files": ds.extra.get("skipped_corrupt", [])[:20],
         },
         "model": {
-            "arch": cfg.model.arch, "n_params": count_parameters(model), "n_influence_params": space.size,
+            "arch": _model_label(cfg, model), "n_params": count_parameters(model), "n_influence_params": space.size,
             "influence_params": space.names, "fingerprint": h.hexdigest()[:16],
             "train_accuracy": train_acc, "test_accuracy": test_acc, "train_loss": train_loss, "test_loss": test_loss,
             "history": trained.history,
@@ -229,6 +271,12 @@ def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info,
         "packages": {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
                      "pandas": pd.__version__, "scikit-learn": sklearn.__version__},
     }
+
+
+def _model_label(cfg: RunConfig, model: torch.nn.Module) -> str:
+    if cfg.model.factory:
+        return cfg.model.factory.rsplit("/", 1)[-1]
+    return cfg.model.arch if cfg.data.source != "python" else type(model).__name__
 
 
 def _as_tensors(x: np.ndarray, y: np.ndarray, model) -> tuple[torch.Tensor, torch.Tensor]:

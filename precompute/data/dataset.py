@@ -83,6 +83,21 @@ def load_dataset(cfg: DataConfig) -> SplitDataset:
         from precompute.data.digits import load_digits_split
 
         ds = load_digits_split(cfg.test_fraction, cfg.split_seed)
+    elif cfg.source == "image_folder":
+        from precompute.data.image_folder import load_image_folder
+
+        size = tuple(cfg.image_size) if cfg.image_size else None
+        ds = load_image_folder(cfg.path, cfg.image_mode, size, cfg.test_fraction, cfg.split_seed, cfg.on_corrupt,
+                               cfg.class_names)
+    elif cfg.source == "table":
+        from precompute.data.tabular import load_table
+
+        ds = load_table(cfg.path, cfg.label_column, cfg.feature_columns, cfg.test_fraction, cfg.split_seed,
+                        cfg.class_names)
+    elif cfg.source == "npz":
+        from precompute.data.tabular import load_npz
+
+        ds = load_npz(cfg.path, cfg.class_names)
     else:  # validated earlier; kept for a clear message if called directly
         raise DataError(f"data.source: unknown source {cfg.source!r}")
     if cfg.label_noise > 0:

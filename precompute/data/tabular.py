@@ -136,26 +136,42 @@ def load_npz(path: str | Path, class_names: list[str] | None = None) -> SplitDat
     need = ["X_train", "y_train", "X_test", "y_test"]
     if missing := [k for k in need if k not in keys]:
         raise DataError(f"{p}: missing arrays {missing}; it must hold {need} (and optionally class_names)")
-    x_tr, x_te = z["X_train"].astype(np.float64), z["X_test"].astype(np.float64)
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise DataError(f"{p}: X_train samples have shape {x_tr.shape[1:]} but X_test {x_te.shape[1:]}; make them equal")
-    for key, arr, lab in (("X_train", x_tr, z["y_train"]), ("X_test", x_te, z["y_test"])):
-        if len(arr) != len(lab):
-            raise DataError(f"{p}: {key} has {len(arr)} rows but its labels have {len(lab)}; make them equal")
-        check_finite(arr, f"{p} {key}")
     names = class_names or ([str(c) for c in z["class_names"]] if "class_names" in keys else None)
-    y_all, names = encode_labels(np.concatenate([z["y_train"], z["y_test"]]), names, f"{p} y_train/y_test")
+    ds = arrays_to_dataset(p.stem, z["X_train"], z["y_train"], z["X_test"], z["y_test"], names, str(p))
+    ds.extra["source_path"] = str(p)
+    return ds
+
+
+def arrays_to_dataset(name: str, x_train, y_train, x_test, y_test, class_names: list[str] | None = None,
+                      where: str = "arrays") -> SplitDataset:
+    """Validate in-memory arrays and wrap them as a :class:`SplitDataset`.
+
+    ``x`` of shape ``[n, d]`` is a feature table (rendered as feature strips); ``[n, H, W]`` or
+    ``[n, C, H, W]`` (C = 1 or 3) are images (rendered as pictures). Labels are class indices (with
+    ``class_names``) or any values (sorted to define the classes).
+    """
+    x_tr, x_te = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{where}: X_train samples have shape {x_tr.shape[1:]} but X_test {x_te.shape[1:]}; "
+                        "make them equal")
+    for key, arr, lab in (("X_train", x_tr, y_train), ("X_test", x_te, y_test)):
+        if len(arr) != len(lab):
+            raise DataError(f"{where}: {key} has {len(arr)} rows but its labels have {len(lab)}; make them equal")
+        check_finite(arr, f"{where} {key}")
+    y_all, names = encode_labels(np.concatenate([y_train, y_test]), class_names, f"{where} y_train/y_test")
     y_tr, y_te = y_all[:len(x_tr)], y_all[len(x_tr):]
-    check_labels(y_tr, y_te, names, str(p))
+    check_labels(y_tr, y_te, names, where)
     if x_tr.ndim == 2:
         lo, hi = x_tr.min(0), x_tr.max(0)
         img_tr, img_te = feature_strip_images(x_tr, lo, hi), feature_strip_images(x_te, lo, hi)
     elif x_tr.ndim in (3, 4):
         if x_tr.ndim == 4 and x_tr.shape[1] not in (1, 3):
-            raise DataError(f"{p}: X_train has shape {x_tr.shape}; images must be [n, H, W] or [n, C, H, W] with C 1 or 3")
+            raise DataError(f"{where}: X_train has shape {x_tr.shape}; images must be [n, H, W] or [n, C, H, W] "
+                            "with C 1 or 3")
         lo, hi = x_tr.min(), x_tr.max()
 
-        def to_img(a):
+        def to_img(a: np.ndarray) -> np.ndarray:
             a = np.clip(np.round((a - lo) / (hi - lo or 1.0) * 255), 0, 255).astype(np.uint8)
             return a[:, 0] if a.ndim == 4 and a.shape[1] == 1 else (a.transpose(0, 2, 3, 1) if a.ndim == 4 else a)
 
@@ -163,6 +179,6 @@ def load_npz(path: str | Path, class_names: list[str] | None = None) -> SplitDat
         if x_tr.ndim == 3:
             x_tr, x_te = x_tr[:, None], x_te[:, None]
     else:
-        raise DataError(f"{p}: X_train has {x_tr.ndim} dimensions; use [n, d] features or [n, (C,) H, W] images")
-    return _finish(p.stem, x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, img_tr, img_te, names,
-                   np.arange(len(x_tr)), np.arange(len(x_te)), {"source_path": str(p)})
+        raise DataError(f"{where}: X_train has {x_tr.ndim} dimensions; use [n, d] features or [n, (C,) H, W] images")
+    return _finish(name, x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, img_tr, img_te, names,
+                   np.arange(len(x_tr)), np.arange(len(x_te)), {})
