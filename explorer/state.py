@@ -41,3 +41,101 @@ def open_run(name: str) -> RunCache:
 def selected_run_name() -> str | None:
     """The run named in the URL (``?run=...``), if any."""
     return st.query_params.get("run")
+
+
+# --- URL state shared by the explorer's pages -------------------------------------------------
+# Every selection lives in the URL so a presenter can bookmark it:
+#   ?run=digits&test=42&method=exact          (Influence view of test point 42)
+#   ?run=digits&train=7                        (reverse view of training sample 7)
+# Page switches clear the browser's query string, so a copy is kept in the session and restored.
+
+PARAMS = ("run", "test", "train", "method", "k", "color", "a", "b")
+_SESSION_KEY = "_ie_params"
+
+
+def sync_query_params() -> None:
+    """Adopt values present in the URL; put back the ones a page switch dropped. Call once per rerun."""
+    saved: dict[str, str] = st.session_state.setdefault(_SESSION_KEY, {})
+    qp = st.query_params
+    for key in PARAMS:
+        if key in qp:
+            saved[key] = qp[key]
+        elif key in saved:
+            qp[key] = saved[key]
+
+
+def get_param(key: str) -> str | None:
+    """A URL parameter (after :func:`sync_query_params`)."""
+    return st.query_params.get(key)
+
+
+def set_param(key: str, value: object | None) -> None:
+    """Set (or with ``None`` remove) a URL parameter, in the URL and in the session copy."""
+    saved: dict[str, str] = st.session_state.setdefault(_SESSION_KEY, {})
+    if value is None:
+        saved.pop(key, None)
+        if key in st.query_params:
+            del st.query_params[key]
+    else:
+        saved[key] = str(value)
+        st.query_params[key] = str(value)
+
+
+def get_int(key: str, n: int) -> int | None:
+    """An integer URL parameter in ``[0, n)``, or ``None`` when absent or invalid."""
+    raw = get_param(key)
+    try:
+        value = int(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0 <= value < n else None
+
+
+def select_test(index: int) -> None:
+    """Focus test point ``index`` (the influence view leaves any training sample)."""
+    set_param("test", int(index))
+    set_param("train", None)
+
+
+def select_train(index: int) -> None:
+    """Focus training sample ``index`` (the influence view shows its reverse view)."""
+    set_param("train", int(index))
+
+
+def goto(page: str) -> None:
+    """Ask the app to switch to page ``page`` (a key of ``explorer.app.PAGES``) on the next rerun.
+
+    Usable in widget callbacks, where ``st.switch_page`` is not allowed.
+    """
+    st.session_state["_ie_goto"] = page
+
+
+def pop_goto() -> str | None:
+    """The page requested with :func:`goto`, once."""
+    return st.session_state.pop("_ie_goto", None)
+
+
+def selected_method(methods: list[str]) -> str:
+    """The method in the URL if this run has it, else the run's first method."""
+    m = get_param("method")
+    return m if m in methods else methods[0]
+
+
+def select_train_clear() -> None:
+    """Leave the training-sample view (back to the focused test point)."""
+    set_param("train", None)
+
+
+def ensure_app_navigation() -> None:
+    """Make a page opened directly (``/predictions`` as the first request after the server starts)
+    go through ``explorer/app.py``.
+
+    Streamlit treats a ``pages/`` folder beside the main script as a legacy multipage app until the
+    first ``st.navigation`` call; in that window it runs a page file on its own (no ``st.navigation``,
+    no page config). Flip the switch and rerun: the rerun starts at ``app.py`` and lands on the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()

@@ -1,0 +1,196 @@
+"""Explorer benchmark on a synthetic 50,000 train x 10,000 test run (2 GB float32 score matrix).
+
+Writes the run with the real precompute writer (CacheWriter + ScoreWriter, row blocks), starts
+``streamlit run explorer/app.py`` with server-side timing on, drives it with Debian chromium
+(playwright), and prints a markdown table: app start to first render, server-side time of
+selecting a test point (influence view and embedding map), and the Streamlit process's peak RSS.
+
+    .venv/bin/python bench/bench_explorer.py [--n-train 50000 --n-test 10000 --dir /tmp/ie_bench --keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from explorer import cache as fmt
+from precompute.cache import CacheWriter, ScoreWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+METHOD = "graddot"
+
+
+def build(run_dir: Path, n_train: int, n_test: int, n_classes: int = 10, block: int = 500, topk: int = 50) -> float:
+    """Write the synthetic run; scores = class-aligned low-rank structure + noise. Returns seconds."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    y_tr, y_te = rng.integers(0, n_classes, n_train), rng.integers(0, n_classes, n_test)
+    centers = rng.normal(scale=6.0, size=(n_classes, 2)).astype(np.float32)
+    emb = np.concatenate([centers[y_tr], centers[y_te]]) + rng.normal(size=(n_train + n_test, 2)).astype(np.float32)
+    protos = rng.integers(0, 256, size=(n_classes, 8, 8))
+    def images(y):
+        return np.clip(protos[y] + rng.normal(scale=40, size=(len(y), 8, 8)), 0, 255).astype(np.uint8)
+    def probs(y):
+        logits = rng.normal(size=(len(y), n_classes)).astype(np.float32)
+        logits[np.arange(len(y)), y] += 3.0
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+    p_tr, p_te = probs(y_tr), probs(y_te)
+    u = rng.normal(size=(n_test, 8)).astype(np.float32)
+    v = rng.normal(size=(8, n_train)).astype(np.float32)
+    with CacheWriter(run_dir) as w:
+        sw = ScoreWriter(w, METHOD, n_test, n_train, topk)
+        for s in range(0, n_test, block):
+            e = min(n_test, s + block)
+            b = (u[s:e] @ v) * 0.1 + rng.normal(scale=0.05, size=(e - s, n_train)).astype(np.float32)
+            b += 0.3 * (y_te[s:e, None] == y_tr[None, :])
+            sw.write_rows(s, b)
+        sw.close(np.abs(rng.normal(size=n_train)).astype(np.float32))
+        for name, arr in ((fmt.TRAIN_IMAGES, images(y_tr)), (fmt.TEST_IMAGES, images(y_te)), (fmt.TRAIN_PROBS, p_tr),
+                          (fmt.TEST_PROBS, p_te), (fmt.EMBEDDING, emb),
+                          (fmt.TRAIN_FEATURES, rng.normal(size=(n_train, 16)).astype(np.float32)),
+                          (fmt.TEST_FEATURES, rng.normal(size=(n_test, 16)).astype(np.float32))):
+            w.save_array(name, arr)
+        frames = []
+        for split, y, p in (("train", y_tr, p_tr), ("test", y_te, p_te)):
+            pred = p.argmax(1)
+            frames.append(pd.DataFrame({
+                "split": split, "index": np.arange(len(y), dtype=np.int64), "label": y.astype(np.int64),
+                "original_label": y.astype(np.int64), "flipped": np.zeros(len(y), bool), "pred": pred.astype(np.int64),
+                "confidence": p.max(1).astype(np.float32), "loss": -np.log(p[np.arange(len(y)), y]).astype(np.float32),
+                "correct": pred == y, "source_index": np.arange(len(y), dtype=np.int64)}))
+        w.save_parquet(fmt.SAMPLES, pd.concat(frames, ignore_index=True))
+        acc = float((p_te.argmax(1) == y_te).mean())
+        w.finalize({"name": run_dir.name, "config": {"name": run_dir.name, "synthetic": True},
+                    "dataset": {"name": "synthetic", "n_train": n_train, "n_test": n_test, "n_classes": n_classes,
+                                "class_names": [str(c) for c in range(n_classes)], "image_shape": [8, 8]},
+                    "model": {"arch": "synthetic", "test_accuracy": acc},
+                    "methods": {METHOD: {"topk": topk}}})
+    return time.perf_counter() - t0
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _vmhwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _settle(page, selector: str) -> None:
+    page.wait_for_selector(selector, timeout=120_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=120_000)
+
+
+def measure(cache_dir: Path, run: str, n_test: int, n_select: int = 10) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    log = cache_dir / "timing.jsonl"
+    log.unlink(missing_ok=True)
+    port = _port()
+    env = {**os.environ, "INFLUENCE_EXPLORER_CACHE": str(cache_dir), "INFLUENCE_EXPLORER_TIMING": str(log)}
+    t_start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "explorer" / "app.py"),
+                             "--server.headless", "true", "--server.port", str(port), "--browser.gatherUsageStats",
+                             "false", "--server.fileWatcherType", "none"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    out: dict[str, float] = {}
+    try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/_stcore/health", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        out["server_healthy_s"] = time.perf_counter() - t_start
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"{base}/?run={run}&test=0")
+            _settle(page, "img[alt^='train #']")
+            out["first_render_s"] = time.perf_counter() - t_start
+            rng = np.random.default_rng(1)
+            for t in rng.integers(1, n_test, n_select):  # select test points through the page's own input
+                box = page.get_by_label("Test point")
+                box.fill(str(int(t)))
+                box.press("Enter")
+                _settle(page, f"h1:has-text('Test #{int(t)}:')")
+            page.goto(f"{base}/embedding?run={run}&test=0&color=influence")
+            _settle(page, "[data-testid=stPlotlyChart] .main-svg")
+            for t in rng.integers(1, n_test, max(3, n_select // 2)):
+                page.goto(f"{base}/embedding?run={run}&test={int(t)}&color=influence")
+                _settle(page, "[data-testid=stPlotlyChart] .main-svg")
+            page.goto(f"{base}/predictions?run={run}")
+            _settle(page, "button:has-text('test #')")
+            browser.close()
+        out["peak_rss_mb"] = _vmhwm_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    infl = [r["ms"] for r in rows if r["page"] == "influence"][1:]  # first = cold open of the run
+    emb = [r["ms"] for r in rows if r["page"] == "embedding"][1:]
+    out["select_influence_ms_median"], out["select_influence_ms_max"] = statistics.median(infl), max(infl)
+    out["select_embedding_ms_median"], out["select_embedding_ms_max"] = statistics.median(emb), max(emb)
+    out["cold_influence_ms"] = [r["ms"] for r in rows if r["page"] == "influence"][0]
+    out["predictions_ms"] = max(r["ms"] for r in rows if r["page"] == "predictions")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-train", type=int, default=50_000)
+    ap.add_argument("--n-test", type=int, default=10_000)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/ie_bench"))
+    ap.add_argument("--keep", action="store_true", help="keep the synthetic cache")
+    args = ap.parse_args()
+    run_dir = args.dir / "bench"
+    need = args.n_train * args.n_test * 4 * 1.1
+    free = shutil.disk_usage(args.dir.parent if not args.dir.exists() else args.dir).free
+    if free < need:
+        print(f"need {need / 1e9:.1f} GB free under {args.dir}, have {free / 1e9:.1f}", file=sys.stderr)
+        return 1
+    try:
+        build_s = build(run_dir, args.n_train, args.n_test) if not (run_dir / fmt.MANIFEST).exists() else float("nan")
+        size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file())
+        r = measure(args.dir, "bench", args.n_test)
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.dir, ignore_errors=True)
+    print(f"\nSynthetic run: {args.n_train:,} train x {args.n_test:,} test, {size / 1e9:.2f} GB on disk "
+          f"(written in {build_s:.0f} s)\n")
+    print("| measure | value | target |\n|---|---|---|")
+    print(f"| app start to first render (influence view, incl. browser) | {r['first_render_s']:.1f} s | |")
+    print(f"| server healthy after | {r['server_healthy_s']:.1f} s | |")
+    print(f"| first influence render, cold (opens run, reads samples) | {r['cold_influence_ms']:.0f} ms | |")
+    print(f"| select a test point: influence view, median / max | {r['select_influence_ms_median']:.0f} / "
+          f"{r['select_influence_ms_max']:.0f} ms | < 150 ms |")
+    print(f"| select a test point: embedding map coloured by influence, median / max | "
+          f"{r['select_embedding_ms_median']:.0f} / {r['select_embedding_ms_max']:.0f} ms | |")
+    print(f"| predictions page rerun (max) | {r['predictions_ms']:.0f} ms | |")
+    print(f"| peak RSS of the Streamlit process (VmHWM) | {r['peak_rss_mb']:.0f} MB | < 1024 MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Sample cards: a thumbnail, labels, a score bar and badges, with a button that opens the sample.
+
+``card_html`` and ``score_bar_html`` are pure (unit-tested); ``card_grid`` lays cards out with
+Streamlit, one ``st.button`` per card (``st.image`` has no click event).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import streamlit as st
+
+from components.colors import score_color
+
+
+@dataclass(frozen=True)
+class Card:
+    """One sample to show. ``value`` is the id passed to the click handler."""
+
+    key: str
+    value: int
+    image_uri: str
+    button: str
+    alt: str
+    lines: tuple[str, ...] = ()  # HTML snippets, one per line (already escaped)
+    score: float | None = None
+    scale: float = 1.0  # |score| that fills the bar
+    badges: tuple[str, ...] = field(default_factory=tuple)
+    accent: str = "#d0d0d0"
+
+
+def score_bar_html(score: float, scale: float) -> str:
+    """A horizontal bar whose length is ``|score| / scale`` (capped at 100%), blue if positive, red if negative."""
+    frac = min(1.0, abs(score) / scale) if scale > 0 else 0.0
+    color = score_color(score)
+    return (f'<div class="ie-bar" title="score {score:+.4g}" style="height:7px;background:#eee;border-radius:4px;'
+            f'margin:4px 0 1px 0;overflow:hidden"><div style="width:{100 * frac:.1f}%;height:100%;'
+            f'background:{color};border-radius:4px"></div></div>'
+            f'<div style="font-size:0.78rem;color:{color};font-variant-numeric:tabular-nums">{score:+.3g}</div>')
+
+
+def badge_html(text: str, color: str = "#b26a00", background: str = "#fff3e0") -> str:
+    """A small rounded label (e.g. 'label ≠ 3')."""
+    return (f'<span class="ie-badge" style="display:inline-block;font-size:0.72rem;padding:1px 7px;margin:2px 2px 0 0;'
+            f'border-radius:9px;color:{color};background:{background};border:1px solid {color}55">'
+            f"{html.escape(text)}</span>")
+
+
+def card_html(card: Card, image_px: int = 96) -> str:
+    """The card body (image, lines, score bar, badges) as one HTML block."""
+    parts = [
+        f'<div class="ie-card" style="border-top:4px solid {card.accent};padding-top:6px;text-align:center">',
+        f'<img class="ie-img" src="{card.image_uri}" alt="{html.escape(card.alt)}" width="{image_px}" height="{image_px}" '
+        f'style="image-rendering:pixelated;border-radius:4px;width:100%;max-width:{image_px}px;height:auto;aspect-ratio:1/1;object-fit:contain;background:#000"/>',
+        '<div style="font-size:0.82rem;line-height:1.35;margin-top:4px;text-align:left">',
+        *[f"<div>{line}</div>" for line in card.lines],
+    ]
+    if card.score is not None:
+        parts.append(score_bar_html(card.score, card.scale))
+    parts.append("".join(badge_html(b) for b in card.badges))
+    parts.append("</div></div>")
+    return "".join(parts)
+
+
+def card_grid(cards: Sequence[Card], n_cols: int, on_click: Callable[[int], None], image_px: int = 96) -> None:
+    """Cards in rows of ``n_cols``; clicking a card's button calls ``on_click(card.value)`` before the rerun."""
+    for start in range(0, len(cards), n_cols):
+        cols = st.columns(n_cols, gap="small")
+        for col, card in zip(cols, cards[start:start + n_cols], strict=False):
+            with col.container(border=True):
+                st.markdown(card_html(card, image_px), unsafe_allow_html=True)
+                st.button(card.button, key=card.key, on_click=on_click, args=(card.value,), width="stretch")

@@ -1,0 +1,148 @@
+"""Per-run read helpers for the pages: memmaps opened once, small rows read on demand, thumbnails cached.
+
+A :class:`RunView` wraps one :class:`~explorer.cache.RunCache` (itself cached by ``st.cache_resource``
+in :mod:`explorer.state`), so everything here lives as long as the run stays open. Score matrices
+are never read whole: only single rows ``[n_train]`` and the precomputed top-k arrays.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.images import data_uri
+from explorer import cache as fmt
+from explorer.cache import RunCache
+
+_THUMBS_MAX = 20_000
+
+
+@dataclass(frozen=True)
+class TopK:
+    """Top-k proponents and opponents of one sample: ids ``[k]`` (int) and scores ``[k]`` (float32)."""
+
+    pro: np.ndarray
+    pro_scores: np.ndarray
+    opp: np.ndarray
+    opp_scores: np.ndarray
+
+    @property
+    def scale(self) -> float:
+        """Largest |score| shown, used to scale the score bars."""
+        s = np.abs(np.concatenate([self.pro_scores, self.opp_scores]))
+        return float(s.max()) if s.size and s.max() > 0 else 1.0
+
+
+class RunView:
+    """Cheap, cached access to one run for the UI."""
+
+    def __init__(self, run: RunCache):
+        self.run = run
+        self.name = run.name
+        self.n_train, self.n_test = run.n_train, run.n_test
+        self.class_names = run.class_names
+        self.methods = run.methods
+        s = run.samples
+        self.train: pd.DataFrame = s[s["split"] == "train"].set_index("index", drop=False).rename_axis(None).sort_index()
+        self.test: pd.DataFrame = s[s["split"] == "test"].set_index("index", drop=False).rename_axis(None).sort_index()
+        self.images = {"train": run.array(fmt.TRAIN_IMAGES), "test": run.array(fmt.TEST_IMAGES)}
+        self.probs = {"train": run.array(fmt.TRAIN_PROBS), "test": run.array(fmt.TEST_PROBS)}
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        self._thumbs: dict[tuple[str, int, int], str] = {}
+        self._memo: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    # --- arrays ---------------------------------------------------------------------------------
+    def method_array(self, method: str, name: str) -> np.ndarray:
+        """A per-method memmap, opened once."""
+        key = (method, name)
+        if key not in self._arrays:
+            self._arrays[key] = self.run.method_array(method, name)
+        return self._arrays[key]
+
+    @property
+    def embedding(self) -> np.ndarray:
+        """``[n_train + n_test, 2]`` UMAP coordinates (train rows first)."""
+        if "embedding" not in self._memo:
+            self._memo["embedding"] = np.asarray(self.run.array(fmt.EMBEDDING), dtype=np.float32)
+        return self._memo["embedding"]
+
+    @property
+    def all_labels(self) -> np.ndarray:
+        """``[n_train + n_test]`` labels in embedding order."""
+        if "labels" not in self._memo:
+            self._memo["labels"] = np.concatenate([self.train["label"].to_numpy(), self.test["label"].to_numpy()])
+        return self._memo["labels"]
+
+    def thumb(self, split: str, index: int, px: int = 96) -> str:
+        """PNG data URI of sample ``index`` of ``split`` upscaled to about ``px`` pixels (cached)."""
+        key = (split, int(index), px)
+        uri = self._thumbs.get(key)
+        if uri is None:
+            uri = data_uri(np.asarray(self.images[split][int(index)]), px)
+            with self._lock:
+                if len(self._thumbs) > _THUMBS_MAX:
+                    self._thumbs.clear()
+                self._thumbs[key] = uri
+        return uri
+
+    def sample(self, split: str, index: int) -> pd.Series:
+        """The samples-table row of one sample."""
+        return (self.train if split == "train" else self.test).loc[int(index)]
+
+    # --- influence ------------------------------------------------------------------------------
+    def top(self, method: str, test: int, k: int) -> TopK:
+        """Precomputed top-k proponents/opponents (training ids) of test point ``test``."""
+        g = self.method_array
+        return TopK(np.array(g(method, fmt.TOP_PROPONENTS)[test, :k]), np.array(g(method, fmt.TOP_PROPONENT_SCORES)[test, :k]),
+                    np.array(g(method, fmt.TOP_OPPONENTS)[test, :k]), np.array(g(method, fmt.TOP_OPPONENT_SCORES)[test, :k]))
+
+    def reverse(self, method: str, train: int, k: int) -> TopK:
+        """Precomputed test points that training sample ``train`` helps (``pro``) or hurts (``opp``) most."""
+        g = self.method_array
+        return TopK(np.array(g(method, fmt.TRAIN_TOP_HELPED)[train, :k]), np.array(g(method, fmt.TRAIN_TOP_HELPED_SCORES)[train, :k]),
+                    np.array(g(method, fmt.TRAIN_TOP_HURT)[train, :k]), np.array(g(method, fmt.TRAIN_TOP_HURT_SCORES)[train, :k]))
+
+    def topk_max(self, method: str) -> int:
+        """How many top-k entries the cache stores per test point."""
+        return int(self.method_array(method, fmt.TOP_PROPONENTS).shape[1])
+
+    def score_row(self, method: str, test: int) -> np.ndarray:
+        """One row of the score matrix: test point ``test`` vs every training sample ``[n_train]`` (a copy)."""
+        return np.array(self.method_array(method, fmt.SCORES)[int(test)], dtype=np.float32)
+
+    def train_stat(self, method: str, name: str, train: int) -> tuple[float, float]:
+        """Value of a per-training-sample array (self_influence, train_net_influence) and its percentile."""
+        key = ("sorted", method, name)
+        if key not in self._memo:
+            self._memo[key] = np.sort(np.asarray(self.method_array(method, name), dtype=np.float64))
+        srt = self._memo[key]
+        value = float(self.method_array(method, name)[int(train)])
+        return value, 100.0 * float(np.searchsorted(srt, value, side="left")) / max(len(srt), 1)
+
+    def memo_last(self, slot: str, key: Any, make) -> Any:
+        """Like :meth:`memo` but keeps only the latest ``key`` per ``slot`` (for per-selection objects)."""
+        held = self._memo.get(("last", slot))
+        if held is None or held[0] != key:
+            held = (key, make())
+            self._memo[("last", slot)] = held
+        return held[1]
+
+    def memo(self, key: Any, make) -> Any:
+        """Keep a derived object (e.g. a figure) for the life of the run."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+
+def view(run: RunCache) -> RunView:
+    """The :class:`RunView` of an open run (created once, stored on the cached run object)."""
+    v = run.__dict__.get("_ie_view")
+    if v is None:
+        v = RunView(run)
+        run.__dict__["_ie_view"] = v
+    return v

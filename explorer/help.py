@@ -1,0 +1,40 @@
+"""Friendly pages for caches that cannot be shown: what is wrong and the exact command that fixes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from explorer.cache import CacheProblem, build_command
+
+_TITLES = {
+    "missing": "This run has not been built yet",
+    "incomplete": "This run's cache is incomplete",
+    "version": "This run was built by a different version",
+}
+
+
+def problem_page(problem: CacheProblem) -> None:
+    """Explain a :class:`CacheProblem` (missing / incomplete / version) and how to rebuild."""
+    run = Path(problem.path).name
+    st.title(_TITLES.get(problem.kind, "This run cannot be opened"))
+    st.error(problem.message, icon=":material/error:")
+    cmd = build_command(run) + ("" if problem.kind == "missing" else " --overwrite")
+    cache = Path(problem.path).parent
+    st.markdown("Build it with:")
+    st.code(f"{cmd} --cache-dir {cache}", language="bash")
+    st.markdown(f"then open it: `influence-explorer app --cache-dir {cache}`")
+    st.page_link("pages/runs.py", label="See all runs", icon=":material/list:")
+
+
+def no_runs_page(cache_dir: Path) -> None:
+    """The cache folder is missing or holds no runs."""
+    st.title("No influence runs found")
+    where = "does not exist" if not cache_dir.is_dir() else "contains no runs"
+    st.warning(f"The cache folder `{cache_dir}` {where}.", icon=":material/folder_off:")
+    st.markdown("Build the bundled demo (about 30 seconds on a laptop CPU):")
+    st.code(f"{build_command('digits')} --cache-dir {cache_dir}", language="bash")
+    st.markdown("or your own run, then point the app at its folder:")
+    st.code(f"{build_command('my_run')} --cache-dir {cache_dir}\n"
+            f"influence-explorer app --cache-dir {cache_dir}", language="bash")

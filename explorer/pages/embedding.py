@@ -1,0 +1,118 @@
+"""Embedding map: the precomputed UMAP of train + test, coloured by class or by signed influence
+on the selected test point. Click a point to select it; lasso or box to list samples."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from components.figures import (
+    embedding_figure,
+    is_click,
+    overlay_traces,
+    selected_ids,
+    with_overlay,
+)
+from explorer import state, ui
+from explorer.data import RunView
+
+COLOR_MODES = {"class": "Class", "influence": "Influence on the selected test point"}
+MAX_LISTED = 300
+
+
+def _figure(v: RunView, mode: str, method: str, test: int | None, k: int):
+    """Big layer (cached per run for class colours) + small overlay for the selection."""
+    if mode == "influence" and test is not None:
+        base = v.memo_last("emb_infl", (method, test), lambda: embedding_figure(v.embedding, v.all_labels, v.n_train, v.class_names,
+                                                    scores=v.score_row(method, test)))
+    else:
+        base = v.memo("emb_class", lambda: embedding_figure(v.embedding, v.all_labels, v.n_train, v.class_names))
+    if test is None:
+        return base
+    top = v.top(method, test, k)
+    row = v.sample("test", test)
+    label = f"test #{test}: true {v.class_names[int(row['label'])]}, pred {v.class_names[int(row['pred'])]}"
+    return with_overlay(base, overlay_traces(v.embedding, v.n_train, v.n_train + test, top.pro, top.opp, label))
+
+
+def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
+    rows = []
+    for g in ids[:MAX_LISTED]:
+        split, idx = ("test", g - v.n_train) if g >= v.n_train else ("train", g)
+        r = v.sample(split, idx)
+        rows.append({"image": v.thumb(split, idx, 48), "split": split, "index": idx,
+                     "label": v.class_names[int(r["label"])], "pred": v.class_names[int(r["pred"])],
+                     "confidence": float(r["confidence"]),
+                     "score": float(scores[idx]) if scores is not None and split == "train" else None})
+    return pd.DataFrame(rows)
+
+
+@st.fragment
+def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -> None:
+    fig = _figure(v, mode, method, test, k)
+    event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch", config={"scrollZoom": True, "displaylogo": False})
+    ids = selected_ids(event)
+    sig = tuple(ids[:50]) + (len(ids),)
+    if is_click(event) and st.session_state.get("_emb_last") != sig:
+        st.session_state["_emb_last"] = sig
+        g = ids[0]
+        if g >= v.n_train:
+            state.select_test(g - v.n_train)
+        else:
+            state.select_train(g)
+        st.rerun()
+    st.session_state["_emb_last"] = sig
+    if len(ids) > 1:
+        n_test = sum(g >= v.n_train for g in ids)
+        st.subheader(f"{len(ids):,} selected: {len(ids) - n_test:,} train, {n_test:,} test")
+        scores = v.score_row(method, test) if mode == "influence" and test is not None else None
+        df = _listing(v, ids, scores)
+        st.dataframe(df, hide_index=True, width="stretch", column_config={
+            "image": st.column_config.ImageColumn("image", width="small"),
+            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="%.2f"),
+            "score": st.column_config.NumberColumn("score", format="%+.3g"),
+        })
+        if len(ids) > MAX_LISTED:
+            st.caption(f"showing the first {MAX_LISTED}")
+    else:
+        st.caption("Click a point to select it (test points open their influence; training points their reverse "
+                   "view). Drag a lasso or a box to list samples; double-click to reset the zoom.")
+
+
+def main() -> None:
+    v = ui.require_view()
+    test = state.get_int("test", v.n_test)
+    train = state.get_int("train", v.n_train)
+    st.title("Embedding map")
+    st.caption("UMAP of the model's penultimate-layer features: training samples ●, test points ◆. "
+               "The selected test point is the star, linked to its top-k proponents (blue) and opponents (red).")
+    c1, c2, c3, c4 = st.columns([2.4, 2, 2, 2], vertical_alignment="bottom")
+    mode = state.get_param("color") if state.get_param("color") in COLOR_MODES else "class"
+    with c1:
+        mode = ui.bound_select("Colour by", list(COLOR_MODES), "color", mode, "w_color",
+                               format_func=COLOR_MODES.get)
+    with c2:
+        method = ui.method_picker(v, key="w_method_emb")
+    with c3:
+        k = ui.k_slider(v, method, key="w_k_emb")
+    with c4:
+        sel = []
+        if test is not None:
+            sel.append(f"test #{test}")
+        if train is not None:
+            sel.append(f"train #{train}")
+        st.markdown("Selected: " + (", ".join(sel) if sel else "nothing yet"))
+    if mode == "influence" and test is None:
+        st.info("Select a test point (click a ◆) to colour the map by its influence.")
+    map_fragment(v, mode, method, test, k)
+    if test is not None or train is not None:
+        b1, b2, _ = st.columns([1, 1, 3])
+        if test is not None:
+            b1.button(f"Open test #{test}", key="emb_open_test", on_click=ui.open_test, args=(test,))
+        if train is not None:
+            b2.button(f"Open train #{train}", key="emb_open_train", on_click=ui.open_train, args=(train,))
+
+
+state.ensure_app_navigation()
+main()

@@ -1,0 +1,52 @@
+"""Runs: every cache under the configured folder, with dataset, model, accuracy and methods."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from explorer import state, ui
+from explorer.cache import build_command
+from explorer.help import no_runs_page
+
+
+def _open(name: str) -> None:
+    state.set_param("run", name)
+    for key in ("test", "train", "method"):
+        state.set_param(key, None)
+    state.goto("predictions")
+
+
+def main() -> None:
+    folder = state.cache_dir()
+    all_runs = ui.runs(str(folder))
+    if not all_runs:
+        no_runs_page(folder)
+        return
+    st.title("Influence Explorer")
+    st.markdown("See **why** a model predicts what it predicts, in terms of its training data: for each test "
+                "prediction, the training samples that pushed it toward its label (**proponents**) or away "
+                "(**opponents**).")
+    st.caption(f"Cache folder: `{folder}`")
+    current = state.selected_run_name()
+    ok = [r for r in all_runs if r.ok]
+    for r in ok:
+        with st.container(border=True):
+            c1, c2, c3, c4 = st.columns([3, 1.2, 3, 1.2], vertical_alignment="center")
+            c1.markdown(f"#### {r.name}\n{r.dataset} · `{r.model}`")
+            c2.metric("Test accuracy", f"{r.test_accuracy:.1%}" if r.test_accuracy is not None else "n/a")
+            c3.markdown(f"**{r.n_train:,}** train · **{r.n_test:,}** test  \nmethods: "
+                        + " ".join(f"`{m}`" for m in r.methods))
+            c4.button("Open", key=f"open_{r.name}", on_click=_open, args=(r.name,),
+                      type="primary" if r.name == current else "secondary", width="stretch")
+    bad = [r for r in all_runs if not r.ok]
+    if bad:
+        st.subheader("Runs that cannot be opened")
+        for r in bad:
+            with st.container(border=True):
+                st.markdown(f"**{r.name}**")
+                st.warning(r.problem or "unreadable", icon=":material/warning:")
+                st.code(f"{build_command(r.name)} --overwrite --cache-dir {folder}", language="bash")
+
+
+state.ensure_app_navigation()
+main()

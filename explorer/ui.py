@@ -1,0 +1,150 @@
+"""Pieces shared by the pages: the run guard, the sidebar, URL-bound widgets and sample cards."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+import streamlit as st
+
+from components.cards import Card
+from components.colors import CORRECT, WRONG, class_color
+from explorer import state
+from explorer.cache import SIGN_CONVENTION, CacheProblem, RunSummary, list_runs
+from explorer.data import RunView, view
+from explorer.help import no_runs_page, problem_page
+
+SIGN_LINE = ("**Sign convention:** positive score = **proponent** (up-weighting that training sample lowers "
+             "this test point's loss), negative = **opponent** (raises it).")
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def runs(cache_dir: str) -> list[RunSummary]:
+    """Every run under the cache folder (re-listed at most every 10 s)."""
+    return list_runs(cache_dir)
+
+
+def require_view() -> RunView:
+    """The selected run (the first readable one if the URL names none); otherwise a help page and stop."""
+    name = state.selected_run_name()
+    if name is None:
+        ok = [r for r in runs(str(state.cache_dir())) if r.ok]
+        if not ok:
+            no_runs_page(state.cache_dir())
+            st.stop()
+        name = ok[0].name
+        state.set_param("run", name)
+    try:
+        return view(state.open_run(name))
+    except CacheProblem as exc:
+        problem_page(exc)
+        st.stop()
+    raise AssertionError("unreachable")
+
+
+def bound_select(label: str, options: Sequence[str], param: str, value: str, key: str, **kw) -> str:
+    """A selectbox that shows URL parameter ``param`` (currently ``value``) and writes changes back."""
+    if st.session_state.get(key) != value:
+        st.session_state[key] = value
+    return st.selectbox(label, options, key=key, on_change=lambda: state.set_param(param, st.session_state[key]), **kw)
+
+
+def method_picker(v: RunView, key: str = "w_method", label: str = "Influence method") -> str:
+    """The method selector (URL ``method``); warns when a deep link names a method this run lacks."""
+    wanted = state.get_param("method")
+    method = state.selected_method(v.methods)
+    if wanted and wanted != method:
+        st.warning(f"Run **{v.name}** has no method `{wanted}`; showing `{method}`. It has: {', '.join(v.methods)}.")
+    return bound_select(label, v.methods, "method", method, key)
+
+
+def k_slider(v: RunView, method: str, default: int = 8, key: str = "w_k", cap: int = 24) -> int:
+    """The top-k slider (URL ``k``), capped by what the cache stores."""
+    hi = max(1, min(cap, v.topk_max(method)))
+    k = min(state.get_int("k", hi + 1) or default, hi)
+    if st.session_state.get(key) != k:
+        st.session_state[key] = k
+    return st.slider("Top k", 1, hi, key=key, on_change=lambda: state.set_param("k", st.session_state[key]))
+
+
+def chip(v: RunView, label: int) -> str:
+    """A class name on its class colour (HTML)."""
+    return (f'<span style="background:{class_color(label)};color:white;border-radius:4px;padding:0 6px;'
+            f'font-weight:600">{html.escape(str(v.class_names[int(label)]))}</span>')
+
+
+def sample_card(v: RunView, split: str, index: int, key: str, score: float | None = None, scale: float = 1.0,
+                ref_label: int | None = None) -> Card:
+    """A card for one sample: labels, the model's prediction, optional score bar and badges."""
+    row = v.sample(split, index)
+    label, pred, conf = int(row["label"]), int(row["pred"]), float(row["confidence"])
+    badges = []
+    if ref_label is not None and label != ref_label:
+        badges.append(f"label ≠ {v.class_names[ref_label]}")
+    if split == "test" and not bool(row["correct"]):
+        badges.append("misclassified")
+    lines = (f"{'label' if split == 'train' else 'true'} {chip(v, label)}",
+             f'pred {chip(v, pred)} <span style="color:#666">{conf:.0%}</span>')
+    accent = class_color(label) if split == "train" else (CORRECT if bool(row["correct"]) else WRONG)
+    return Card(key=key, value=int(index), image_uri=v.thumb(split, index), button=f"{split} #{index}",
+                alt=f"{split} #{index}", lines=lines, score=score, scale=scale, badges=tuple(badges), accent=accent)
+
+
+def cards_for(v: RunView, split: str, ids: np.ndarray, scores: np.ndarray | None, scale: float, prefix: str,
+              ref_label: int | None = None) -> list[Card]:
+    """Cards for a list of ids (e.g. a top-k list) with their scores."""
+    return [sample_card(v, split, int(i), f"{prefix}_{n}_{int(i)}", None if scores is None else float(scores[n]),
+                        scale, ref_label) for n, i in enumerate(ids)]
+
+
+def open_test(index: int) -> None:
+    """Card callback: focus a test point and go to the influence view."""
+    state.select_test(index)
+    state.goto("influence")
+
+
+def open_train(index: int) -> None:
+    """Card callback: open a training sample's reverse view."""
+    state.select_train(index)
+    state.goto("influence")
+
+
+def big_image(v: RunView, split: str, index: int, px: int = 224) -> None:
+    """The sample's image, large and crisp."""
+    st.markdown(f'<img src="{v.thumb(split, index, px)}" alt="{split} #{index} (large)" width="{px}" '
+                f'style="image-rendering:pixelated;border-radius:6px;max-width:100%"/>', unsafe_allow_html=True)
+
+
+def sidebar() -> None:
+    """Run picker and the current selection, on every page."""
+    all_runs = runs(str(state.cache_dir()))
+    ok = [r for r in all_runs if r.ok]
+    with st.sidebar:
+        st.markdown("### :material/hub: Influence Explorer")
+        if ok:
+            names = [r.name for r in ok]
+            current = state.selected_run_name()
+            if current in names:
+                def _switch() -> None:
+                    state.set_param("run", st.session_state["w_run"])
+                    state.set_param("test", None)
+                    state.set_param("train", None)
+                    state.set_param("method", None)
+
+                if st.session_state.get("w_run") != current:
+                    st.session_state["w_run"] = current
+                by_name = {r.name: r for r in ok}
+                st.selectbox("Run", names, key="w_run", on_change=_switch,
+                             format_func=lambda n: f"{n} · {by_name[n].dataset}/{by_name[n].model}")
+                r = by_name[current]
+                acc = f"{r.test_accuracy:.1%}" if r.test_accuracy is not None else "n/a"
+                st.caption(f"{r.n_train:,} train · {r.n_test:,} test · accuracy {acc}")
+            test, train = state.get_param("test"), state.get_param("train")
+            if test is not None or train is not None:
+                st.markdown("**Selected**")
+                if test is not None:
+                    st.markdown(f"test #{test}")
+                if train is not None:
+                    st.markdown(f"train #{train}")
+        st.caption(SIGN_CONVENTION)

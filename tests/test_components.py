@@ -1,0 +1,169 @@
+"""Pure UI building blocks: figures (traces, colours, highlighted ids), thumbnails, cards, metrics."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.cards import Card, card_html, score_bar_html
+from components.colors import DIVERGING, OPPONENT, PROPONENT, class_color, class_colors
+from components.figures import (
+    OVERLAY_NAMES,
+    embedding_figure,
+    is_click,
+    method_scatter_figure,
+    overlay_traces,
+    probability_figure,
+    selected_ids,
+    with_overlay,
+)
+from components.images import data_uri, png_bytes, to_uint8, upscale
+from components.metrics import ranks, spearman, topk_overlap
+
+N_TRAIN, N_TEST = 30, 10
+
+
+@pytest.fixture
+def toy():
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(N_TRAIN + N_TEST, 2)).astype(np.float32)
+    labels = np.arange(N_TRAIN + N_TEST) % 3
+    return xy, labels
+
+
+def test_class_mode_one_trace_per_class_and_split_with_ids(toy):
+    xy, labels = toy
+    fig = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"])
+    assert len(fig.data) == 6  # 3 classes x (train, test)
+    seen = []
+    for tr in fig.data:
+        ids = np.asarray(tr.customdata)[:, 0]
+        seen += ids.tolist()
+        c = labels[ids]
+        assert (c == c[0]).all()
+        assert tr.marker.color == class_color(int(c[0]))
+        is_test = ids >= N_TRAIN
+        assert is_test.all() or (~is_test).all()
+        assert tr.marker.symbol == ("diamond" if is_test.all() else "circle")
+        np.testing.assert_allclose(tr.x, xy[ids, 0])
+        # second column is the index within the split
+        np.testing.assert_array_equal(np.asarray(tr.customdata)[:, 1], np.where(is_test, ids - N_TRAIN, ids))
+    assert sorted(seen) == list(range(N_TRAIN + N_TEST))
+    assert all(tr.type == "scattergl" for tr in fig.data)
+
+
+def test_influence_mode_is_zero_centred_and_sized_by_magnitude(toy):
+    xy, labels = toy
+    scores = np.linspace(-1.0, 3.0, N_TRAIN).astype(np.float32)
+    fig = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores)
+    train = fig.data[0]
+    m = train.marker
+    assert m.cmid == 0.0 and m.cmin == -3.0 and m.cmax == 3.0
+    assert [list(x) for x in m.colorscale][0][1] == DIVERGING[0][1]
+    ids = np.asarray(train.customdata)[:, 0]
+    np.testing.assert_allclose(np.asarray(m.color), scores[ids])
+    size = np.asarray(m.size)
+    assert size[np.argmax(np.abs(scores[ids]))] == size.max()
+    assert np.all(np.diff(np.abs(scores[ids])) >= 0)  # most influential drawn last
+    assert sorted(np.asarray(fig.data[1].customdata)[:, 0]) == list(range(N_TRAIN, N_TRAIN + N_TEST))
+    with pytest.raises(ValueError):
+        embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores[:-1])
+
+
+def test_overlay_star_and_links(toy):
+    xy, _ = toy
+    focus = N_TRAIN + 4
+    tr = overlay_traces(xy, N_TRAIN, focus, proponents=[1, 2], opponents=[7], focus_label="test #4")
+    assert [t.name for t in tr] == list(OVERLAY_NAMES)
+    pro_links, opp_links, linked, star = tr
+    assert star.marker.symbol == "star" and star.customdata[0][0] == focus
+    assert (star.x[0], star.y[0]) == pytest.approx((xy[focus, 0], xy[focus, 1]))
+    assert pro_links.line.color == PROPONENT and opp_links.line.color == OPPONENT
+    assert len(pro_links.x) == 6 and pro_links.x[2] is None and pro_links.x[1] == pytest.approx(xy[1, 0])
+    assert np.asarray(linked.customdata)[:, 0].tolist() == [1, 2, 7]
+    assert list(linked.marker.color) == [PROPONENT, PROPONENT, OPPONENT]
+    assert overlay_traces(xy, N_TRAIN, None) == []
+
+
+def test_with_overlay_keeps_base_untouched(toy):
+    xy, labels = toy
+    base = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"])
+    fig = with_overlay(base, overlay_traces(xy, N_TRAIN, N_TRAIN, [0], [1]))
+    assert len(base.data) == 6 and len(fig.data) == 10
+    assert fig.layout.uirevision == "embedding"
+
+
+def test_selection_event_parsing():
+    assert selected_ids(None) == [] and not is_click(None)
+    click = {"selection": {"points": [{"customdata": [42, 2], "curve_number": 3}], "box": [], "lasso": []}}
+    assert selected_ids(click) == [42] and is_click(click)
+    lasso = {"selection": {"points": [{"customdata": [5, 5]}, {"customdata": [9, 9]}, {"customdata": [5, 5]},
+                                      {"x": 1}], "lasso": [{"x": [0, 1], "y": [0, 1]}]}}
+    assert selected_ids(lasso) == [5, 9] and not is_click(lasso)
+
+
+def test_probability_figure_highlights_pred_and_true():
+    fig = probability_figure(np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], true=2, pred=1)
+    bar = fig.data[0]
+    assert list(bar.marker.color)[1] == class_color(1) and list(bar.marker.color)[0] != class_color(0)
+    assert list(bar.marker.line.width) == [0, 0, 3]
+    assert list(bar.text) == ["", "pred", "true"]
+
+
+def test_method_scatter_groups():
+    a, b = np.arange(5.0), np.arange(5.0)[::-1].copy()
+    fig = method_scatter_figure(a, b, "A", "B", top_a=[0, 1], top_b=[1, 2])
+    by_name = {t.name: list(t.customdata) if t.customdata is not None else None for t in fig.data}
+    assert by_name["both top-k"] == [1] and by_name["A only"] == [0] and by_name["B only"] == [2]
+
+
+def test_images_gray_and_rgb_upscale_crisply():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    im = upscale(gray, 96)
+    assert im.size == (96, 96) and im.mode == "L"
+    arr = np.asarray(im)
+    assert (arr[:12, :12] == 0).all() and (arr[:12, 12:24] == 1).all()  # nearest neighbour: blocks
+    rgb = np.zeros((5, 10, 3), np.uint8)
+    rgb[..., 0] = 255
+    im = upscale(rgb, 40)
+    assert im.size == (40, 20) and im.mode == "RGB" and np.asarray(im)[0, 0].tolist() == [255, 0, 0]
+    assert to_uint8(np.ones((3, 4, 4), np.float32)).shape == (4, 4, 3)  # channels-first float
+    assert to_uint8(np.zeros((4, 4, 1), np.uint8)).shape == (4, 4)
+    with pytest.raises(ValueError):
+        to_uint8(np.zeros((4, 4, 2), np.uint8))
+    big = upscale(np.zeros((300, 200), np.uint8), 96)
+    assert max(big.size) == 96
+    png = png_bytes(gray, 32)
+    assert Image.open(io.BytesIO(png)).size == (32, 32)
+    uri = data_uri(gray, 32)
+    assert uri.startswith("data:image/png;base64,") and base64.b64decode(uri.split(",", 1)[1]) == png
+
+
+def test_cards_and_score_bars():
+    bar = score_bar_html(-0.5, 2.0)
+    assert "width:25.0%" in bar and OPPONENT in bar and "-0.5" in bar
+    assert "width:100.0%" in score_bar_html(5.0, 1.0) and PROPONENT in score_bar_html(5.0, 1.0)
+    card = Card(key="k", value=3, image_uri="data:image/png;base64,AAAA", button="train #3", alt="train #3 <x>",
+                lines=("label 1",), score=1.0, scale=2.0, badges=("label ≠ 2",))
+    h = card_html(card)
+    assert 'alt="train #3 &lt;x&gt;"' in h and "label ≠ 2" in h and "width:50.0%" in h
+    assert "ie-badge" not in card_html(Card("k", 1, "u", "b", "a"))
+
+
+def test_colors_and_metrics():
+    assert class_colors(3) == [class_color(0), class_color(1), class_color(2)]
+    assert class_color(20) == class_color(0)
+    assert topk_overlap(np.array([1, 2, 3]), np.array([3, 4, 1])) == (2, 0.5)
+    np.testing.assert_array_equal(ranks(np.array([3.0, 1.0, 2.0, 1.0])), [3.0, 0.5, 2.0, 0.5])
+    x = np.random.default_rng(1).normal(size=200)
+    assert spearman(x, 2 * x + 1) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(spearman(x, np.zeros_like(x)))
+    from scipy.stats import spearmanr  # a project dependency; only the test uses it
+
+    y = x + np.random.default_rng(2).normal(size=200)
+    assert spearman(x, y) == pytest.approx(spearmanr(x, y).statistic)
