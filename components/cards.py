@@ -29,6 +29,7 @@ class Card:
     scale: float = 1.0  # |score| that fills the bar
     badges: tuple[str, ...] = field(default_factory=tuple)
     accent: str = "#d0d0d0"
+    title: str = ""  # hover text of the image (e.g. the source file)
 
 
 def score_bar_html(score: float, scale: float) -> str:
@@ -52,7 +53,9 @@ def card_html(card: Card, image_px: int = 96) -> str:
     """The card body (image, lines, score bar, badges) as one HTML block."""
     parts = [
         f'<div class="ie-card" style="border-top:4px solid {card.accent};padding-top:6px;text-align:center">',
-        f'<img class="ie-img" src="{card.image_uri}" alt="{html.escape(card.alt)}" width="{image_px}" height="{image_px}" '
+        f'<img class="ie-img" src="{card.image_uri}" alt="{html.escape(card.alt)}"'
+        + (f' title="{html.escape(card.title)}"' if card.title else "")
+        + f' width="{image_px}" height="{image_px}" '
         f'style="image-rendering:pixelated;border-radius:4px;width:100%;max-width:{image_px}px;height:auto;aspect-ratio:1/1;object-fit:contain;background:#000"/>',
         '<div style="font-size:0.82rem;line-height:1.35;margin-top:4px;text-align:left">',
         *[f"<div>{line}</div>" for line in card.lines],

@@ -3,6 +3,11 @@
 Sample ids are *global*: ``0..n_train-1`` are training samples, ``n_train + j`` is test sample ``j``
 (the row order of the cached embedding). Every point carries ``customdata = [global_id, index]``,
 because a point's position in a selection event counts within its own trace only.
+
+In a real browser a selected point's ``customdata`` does not come back as a list: plotly.py ships
+numpy arrays base64-encoded (``{"dtype": "i4", "bdata": ..., "shape": "n, 2"}``), plotly.js decodes a
+2-D one into rows of ``Int32Array``, and Streamlit's ``JSON.stringify`` of the event turns such a row
+into ``{"0": id, "1": index}``. :func:`point_id` reads all three forms (scalar, list, mapping).
 """
 
 from __future__ import annotations
@@ -137,18 +142,35 @@ def with_overlay(base: go.Figure, overlay: Sequence[go.BaseTraceType]) -> go.Fig
     return fig
 
 
+def point_id(customdata: Any) -> int | None:
+    """The global id in one event point's ``customdata``: ``7``, ``[7, 7]`` or, from a browser, ``{"0": 7, "1": 7}``."""
+    cd = customdata
+    if isinstance(cd, Mapping):
+        cd = cd.get("0", cd.get(0))
+    elif isinstance(cd, (list, tuple, np.ndarray)):
+        cd = cd[0] if len(cd) else None
+    if cd is None or isinstance(cd, (Mapping, list, tuple, str)):
+        return None
+    try:
+        return int(cd)
+    except (TypeError, ValueError):
+        return None
+
+
 def selected_ids(event: Mapping[str, Any] | None) -> list[int]:
-    """Global ids of the points in a ``st.plotly_chart`` selection event, in order, without repeats."""
+    """Global ids of the points in a ``st.plotly_chart`` selection event, in order, without repeats.
+
+    Points without a readable id (e.g. from a trace without ``customdata``) are left out.
+    """
     if not event:
         return []
     sel = event.get("selection") or {}
     out: list[int] = []
     seen: set[int] = set()
     for p in sel.get("points") or []:
-        cd = p.get("customdata")
-        if cd is None:
+        g = point_id(p.get("customdata"))
+        if g is None:
             continue
-        g = int(cd[0] if isinstance(cd, (list, tuple)) else cd)
         if g not in seen:
             seen.add(g)
             out.append(g)

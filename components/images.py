@@ -1,4 +1,5 @@
-"""Turning cached images (uint8 ``[H, W]`` grayscale or ``[H, W, 3]`` RGB) into crisp thumbnails.
+"""Turning cached images (uint8 ``[H, W]`` grayscale, ``[H, W, 3]`` RGB, or ``[1, d]`` feature strips of
+a table) into crisp thumbnails.
 
 Small images are upscaled by an integer factor with nearest-neighbour sampling, so that an 8x8
 digit stays a grid of sharp pixels instead of a blur.
@@ -31,15 +32,28 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
 
 
 def upscale(img: np.ndarray, size: int) -> Image.Image:
-    """A PIL image whose long side is the largest integer multiple of the original that fits ``size``."""
+    """A PIL image whose long side is the largest integer multiple of the original that fits ``size``.
+
+    Nearest-neighbour throughout, so pixels stay sharp squares; only a big photo (short side over
+    ``size``) is shrunk smoothly. A one-row feature strip ``[1, d]`` (a table sample) is also
+    stretched to at least ``size // 8`` pixels across, so that it stays visible as a band of cells.
+    """
     a = to_uint8(img)
     pil = Image.fromarray(a, mode="L" if a.ndim == 2 else "RGB")
     h, w = a.shape[:2]
-    factor = max(1, size // max(h, w))
-    if factor == 1 and max(h, w) > size:  # bigger than asked: shrink smoothly instead
-        scale = size / max(h, w)
-        return pil.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS)
-    return pil.resize((w * factor, h * factor), Image.Resampling.NEAREST)
+    long = max(h, w)
+    if long <= size:
+        factor = size // long
+        out, resample = (w * factor, h * factor), Image.Resampling.NEAREST
+    else:  # bigger than asked: shrink (smoothly, unless it is a thin strip of discrete cells)
+        scale = size / long
+        out = (max(1, round(w * scale)), max(1, round(h * scale)))
+        resample = Image.Resampling.NEAREST if min(h, w) <= 4 else Image.Resampling.LANCZOS
+    short = max(1, size // 8)
+    if min(out) < short:  # thin strip: thicken the short side
+        out = (max(out[0], short), max(out[1], short))
+        resample = Image.Resampling.NEAREST
+    return pil.resize(out, resample)
 
 
 def png_bytes(img: np.ndarray, size: int = 96) -> bytes:

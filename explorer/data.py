@@ -94,6 +94,21 @@ class RunView:
         """The samples-table row of one sample."""
         return (self.train if split == "train" else self.test).loc[int(index)]
 
+    def source_file(self, split: str, index: int) -> str | None:
+        """The sample's source file, relative to the dataset folder (``samples.parquet``'s ``path``
+        column, written for image-folder datasets); ``None`` for other datasets."""
+        df = self.train if split == "train" else self.test
+        if "path" not in df.columns:
+            return None
+        p = df.at[int(index), "path"]
+        return str(p) if isinstance(p, str) and p else None
+
+    @property
+    def source_root(self) -> str | None:
+        """The dataset folder the run was built from (the manifest's ``dataset.source_path``), if recorded."""
+        root = (self.run.manifest.get("dataset") or {}).get("source_path")
+        return str(root) if root else None
+
     # --- influence ------------------------------------------------------------------------------
     def top(self, method: str, test: int, k: int) -> TopK:
         """Precomputed top-k proponents/opponents (training ids) of test point ``test``."""

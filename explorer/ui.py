@@ -88,7 +88,8 @@ def sample_card(v: RunView, split: str, index: int, key: str, score: float | Non
              f'pred {chip(v, pred)} <span style="color:#666">{conf:.0%}</span>')
     accent = class_color(label) if split == "train" else (CORRECT if bool(row["correct"]) else WRONG)
     return Card(key=key, value=int(index), image_uri=v.thumb(split, index), button=f"{split} #{index}",
-                alt=f"{split} #{index}", lines=lines, score=score, scale=scale, badges=tuple(badges), accent=accent)
+                alt=f"{split} #{index}", lines=lines, score=score, scale=scale, badges=tuple(badges), accent=accent,
+                title=v.source_file(split, index) or "")
 
 
 def cards_for(v: RunView, split: str, ids: np.ndarray, scores: np.ndarray | None, scale: float, prefix: str,
@@ -108,6 +109,16 @@ def open_train(index: int) -> None:
     """Card callback: open a training sample's reverse view."""
     state.select_train(index)
     state.goto("influence")
+
+
+def source_file_caption(v: RunView, split: str, index: int) -> None:
+    """The sample's file (image-folder runs), relative to the dataset folder; the full path on hover."""
+    rel = v.source_file(split, index)
+    if rel is None:
+        return
+    root = v.source_root
+    full = f"{root.rstrip('/')}/{rel}" if root else rel
+    st.caption(f":material/image: File: `{rel}`", help=f"Source file: `{full}`")
 
 
 def big_image(v: RunView, split: str, index: int, px: int = 224) -> None:

@@ -48,3 +48,44 @@ def logreg_run(cache_dir: Path) -> Path:
 
     overrides = {"mislabels.enabled": False} if hasattr(RunConfig(), "mislabels") else {}
     return build_sample_run(cache_dir, "digits-logreg", **overrides)
+
+
+@pytest.fixture(scope="session")
+def shapes_run(tmp_path_factory) -> Path:
+    """A user's own image folder (coloured circles/squares/triangles, RGB 16x16 after loading, one
+    grayscale and one odd-sized file) through the built-in CNN: see ``test_byo_end_to_end.build_shapes_run``."""
+    from test_byo_end_to_end import build_shapes_run
+
+    return build_shapes_run(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def table_run(tmp_path_factory) -> Path:
+    """A user's CSV table (4 features, 3 species) through a small MLP; samples are ``[1, 4]`` feature strips."""
+    import pandas as pd
+    from test_byo_end_to_end import blobs
+
+    root = tmp_path_factory.mktemp("table")
+    x, y = blobs(90, 2)
+    df = pd.DataFrame(x, columns=["f1", "f2", "f3", "f4"])
+    df["species"] = [("setosa", "versicolor", "virginica")[i] for i in y]
+    df.to_csv(root / "table.csv", index=False)
+    (root / "run.toml").write_text(f"""
+name = "table"
+[data]
+source = "table"
+path = "{root / 'table.csv'}"
+label_column = "species"
+[model]
+arch = "mlp"
+hidden = [8]
+[train]
+epochs = 20
+batch_size = 32
+[influence]
+methods = ["graddot"]
+[mislabels]
+enabled = false
+""")
+    return run_precompute(load_config(root / "run.toml"), cache_dir=root / "cache", progress=False,
+                          log=lambda _m: None).path

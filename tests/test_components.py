@@ -106,6 +106,16 @@ def test_selection_event_parsing():
     assert selected_ids(lasso) == [5, 9] and not is_click(lasso)
 
 
+def test_selection_event_parsing_browser_payload():
+    """What chromium really sends: numpy customdata rows arrive as ``{"0": id, "1": index}``."""
+    click = {"selection": {"points": [{"curve_number": 0, "point_index": 3, "customdata": {"0": 976, "1": 976}}],
+                           "point_indices": [3], "box": [], "lasso": []}}
+    assert selected_ids(click) == [976] and is_click(click)
+    box = {"selection": {"points": [{"customdata": {"0": 1800, "1": 3}}, {"customdata": 7}, {"customdata": None},
+                                    {"customdata": {"1": 2}}], "box": [{"x": [0, 1], "y": [0, 1]}], "lasso": []}}
+    assert selected_ids(box) == [1800, 7] and not is_click(box)
+
+
 def test_probability_figure_highlights_pred_and_true():
     fig = probability_figure(np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], true=2, pred=1)
     bar = fig.data[0]
@@ -141,6 +151,23 @@ def test_images_gray_and_rgb_upscale_crisply():
     assert Image.open(io.BytesIO(png)).size == (32, 32)
     uri = data_uri(gray, 32)
     assert uri.startswith("data:image/png;base64,") and base64.b64decode(uri.split(",", 1)[1]) == png
+
+
+def test_feature_strips_and_rgb_thumbnails_stay_crisp():
+    strip = np.array([[0, 85, 170, 255]], np.uint8)  # a table sample [1, d]
+    im = upscale(strip, 96)
+    assert im.size == (96, 24) and im.mode == "L"
+    arr = np.asarray(im)
+    assert set(np.unique(arr).tolist()) == {0, 85, 170, 255}  # no interpolated greys
+    assert (arr[:, :24] == 0).all() and (arr[:, 72:] == 255).all()
+    wide = upscale(np.tile(np.array([[0, 255]], np.uint8), (1, 100)), 96)  # [1, 200]: shrunk, still visible
+    assert wide.size == (96, 12) and set(np.unique(np.asarray(wide)).tolist()) <= {0, 255}
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:12, 4:12] = (200, 30, 30)
+    big = np.asarray(upscale(rgb, 224))
+    assert big.shape == (224, 224, 3)  # factor 14
+    assert big[4 * 14, 4 * 14].tolist() == [200, 30, 30] and big[4 * 14 - 1, 4 * 14 - 1].tolist() == [0, 0, 0]
+    assert len({tuple(p) for p in big.reshape(-1, 3).tolist()}) == 2
 
 
 def test_cards_and_score_bars():

@@ -40,10 +40,14 @@ def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
     for g in ids[:MAX_LISTED]:
         split, idx = ("test", g - v.n_train) if g >= v.n_train else ("train", g)
         r = v.sample(split, idx)
-        rows.append({"image": v.thumb(split, idx, 48), "split": split, "index": idx,
-                     "label": v.class_names[int(r["label"])], "pred": v.class_names[int(r["pred"])],
-                     "confidence": float(r["confidence"]),
-                     "score": float(scores[idx]) if scores is not None and split == "train" else None})
+        row = {"image": v.thumb(split, idx, 48), "split": split, "index": idx,
+               "label": v.class_names[int(r["label"])], "pred": v.class_names[int(r["pred"])],
+               "confidence": float(r["confidence"]),
+               "score": float(scores[idx]) if scores is not None and split == "train" else None}
+        file = v.source_file(split, idx)
+        if file is not None:
+            row["file"] = file
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -53,17 +57,18 @@ def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -
     event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", config={"scrollZoom": True, "displaylogo": False})
     ids = selected_ids(event)
+    click = is_click(event)
     sig = tuple(ids[:50]) + (len(ids),)
-    if is_click(event) and st.session_state.get("_emb_last") != sig:
+    if click and ids and st.session_state.get("_emb_last") != sig:
         st.session_state["_emb_last"] = sig
         g = ids[0]
         if g >= v.n_train:
             state.select_test(g - v.n_train)
         else:
             state.select_train(g)
-        st.rerun()
+        st.rerun()  # whole app: the header, buttons and sidebar show the new selection
     st.session_state["_emb_last"] = sig
-    if len(ids) > 1:
+    if ids and not click:
         n_test = sum(g >= v.n_train for g in ids)
         st.subheader(f"{len(ids):,} selected: {len(ids) - n_test:,} train, {n_test:,} test")
         scores = v.score_row(method, test) if mode == "influence" and test is not None else None
@@ -76,8 +81,9 @@ def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -
         if len(ids) > MAX_LISTED:
             st.caption(f"showing the first {MAX_LISTED}")
     else:
-        st.caption("Click a point to select it (test points open their influence; training points their reverse "
-                   "view). Drag a lasso or a box to list samples; double-click to reset the zoom.")
+        st.caption("Click a point to select it (a ◆ becomes the focused test point, a ● the selected training "
+                   "sample; open either with the buttons below). Pick the box or lasso tool in the chart's "
+                   "toolbar and drag to list samples; double-click to reset the zoom.")
 
 
 def main() -> None:

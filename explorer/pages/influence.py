@@ -24,11 +24,14 @@ def _jump() -> None:
     state.select_test(int(st.session_state["w_jump"]))
 
 
-def header(v: RunView, split: str, index: int, title: str) -> None:
-    """Title, big image, class probabilities and the key facts of one sample."""
+def header(v: RunView, split: str, index: int, title: str, back_to: int | None = None) -> None:
+    """Title, big image, class probabilities and the key facts of one sample (``back_to``: a test
+    point to offer a way back to, under the title)."""
     row = v.sample(split, index)
     label, pred = int(row["label"]), int(row["pred"])
     st.title(title)
+    if back_to is not None:
+        st.button(f"← Back to test #{back_to}", key="back_to_test", on_click=state.select_train_clear)
     c1, c2, c3 = st.columns([1.1, 2.6, 1.5], vertical_alignment="top")
     with c1:
         ui.big_image(v, split, index)
@@ -40,6 +43,7 @@ def header(v: RunView, split: str, index: int, title: str) -> None:
         st.markdown(f"{'True label' if split == 'test' else 'Given label'}: {ui.chip(v, label)}  \n"
                     f"Model predicts: {ui.chip(v, pred)} at {float(row['confidence']):.1%}  \n"
                     f"Loss: {float(row['loss']):.3f}", unsafe_allow_html=True)
+        ui.source_file_caption(v, split, index)
         if ok:
             st.success("correct prediction", icon=":material/check_circle:")
         else:
@@ -81,9 +85,7 @@ def test_view(v: RunView, test: int) -> None:
 
 def train_view(v: RunView, train: int) -> None:
     test = state.get_int("test", v.n_test)
-    if test is not None:
-        st.button(f"← Back to test #{test}", key="back_to_test", on_click=state.select_train_clear)
-    header(v, "train", train, f"Training sample #{train}: which predictions does it drive?")
+    header(v, "train", train, f"Training sample #{train}: which predictions does it drive?", back_to=test)
     c1, c2 = st.columns([2, 4], vertical_alignment="bottom")
     with c1:
         method = ui.method_picker(v)
