@@ -66,7 +66,7 @@ def table_run(tmp_path_factory) -> Path:
     from test_byo_end_to_end import blobs
 
     root = tmp_path_factory.mktemp("table")
-    x, y = blobs(90, 2)
+    x, y = blobs(150, 2)
     df = pd.DataFrame(x, columns=["f1", "f2", "f3", "f4"])
     df["species"] = [("setosa", "versicolor", "virginica")[i] for i in y]
     df.to_csv(root / "table.csv", index=False)
@@ -80,10 +80,11 @@ label_column = "species"
 arch = "mlp"
 hidden = [8]
 [train]
-epochs = 20
+epochs = 40
 batch_size = 32
 [influence]
-methods = ["graddot"]
+methods = ["exact", "graddot"]
+damping = 0.2
 [mislabels]
 enabled = false
 """)

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
@@ -84,32 +83,9 @@ damping = 0.001
     assert (api.top_proponents("exact", test=0, k=5) == run.method_array("exact", "top_proponents")[0, :5]).all()
 
 
-def test_csv_table_end_to_end_with_mlp(tmp_path: Path) -> None:
-    x, y = blobs(150, 2)
-    df = pd.DataFrame(x, columns=["f1", "f2", "f3", "f4"])
-    df["species"] = np.array(["setosa", "versicolor", "virginica"])[y]
-    df.to_csv(tmp_path / "table.csv", index=False)
-    (tmp_path / "run.toml").write_text(f"""
-name = "table"
-[data]
-source = "table"
-path = "{tmp_path / 'table.csv'}"
-label_column = "species"
-[model]
-arch = "mlp"
-hidden = [8]
-[train]
-epochs = 30
-batch_size = 32
-[influence]
-methods = ["exact", "graddot"]
-damping = 0.1
-[mislabels]
-folds = 2
-""")
-    result = run_precompute(load_config(tmp_path / "run.toml"), cache_dir=tmp_path / "cache", progress=False,
-                            log=lambda _m: None)
-    run = RunCache(result.path)
+def test_csv_table_end_to_end_with_mlp(table_run: Path) -> None:
+    """The ``table_run`` fixture (conftest.py): a 150-row CSV of 4 features and 3 species, MLP, exact+graddot."""
+    run = RunCache(table_run)
     assert run.class_names == ["setosa", "versicolor", "virginica"]
     assert (run.n_train, run.n_test) == (120, 30)
     assert run.manifest["model"]["test_accuracy"] > 0.8
