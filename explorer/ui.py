@@ -51,12 +51,18 @@ def bound_select(label: str, options: Sequence[str], param: str, value: str, key
 
 
 def method_picker(v: RunView, key: str = "w_method", label: str = "Influence method") -> str:
-    """The method selector (URL ``method``); warns when a deep link names a method this run lacks."""
+    """The method selector (URL ``method``); warns when a deep link names a method this run lacks.
+
+    Each method shows its LDS beside its name once ``influence-explorer evaluate`` has run.
+    """
+    from explorer.trust import method_label_with_lds
+
     wanted = state.get_param("method")
     method = state.selected_method(v.methods)
     if wanted and wanted != method:
         st.warning(f"Run **{v.name}** has no method `{wanted}`; showing `{method}`. It has: {', '.join(v.methods)}.")
-    return bound_select(label, v.methods, "method", method, key)
+    labels = {m: method_label_with_lds(v.run, m) for m in v.methods}
+    return bound_select(label, v.methods, "method", method, key, format_func=labels.get)
 
 
 def k_slider(v: RunView, method: str, default: int = 8, key: str = "w_k", cap: int = 24) -> int:

@@ -24,6 +24,16 @@ def _params(value: str):
     return value if value in ("all", "last_layer") else _csv(value)
 
 
+def _damping(value: str):
+    """A number, ``auto``, or ``from-eval[:RUN]`` (the best value recorded by ``evaluate``)."""
+    if value in ("auto", "from-eval") or value.startswith("from-eval:"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'from-eval[:RUN]' (got {value!r})") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="influence-explorer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,14 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--optimizer", choices=["adam", "sgd", "lbfgs"])
     pre.add_argument("--weight-decay", type=float)
     pre.add_argument("--seed", type=int, help="training seed")
-    pre.add_argument("--damping", type=float, help="lambda in (H + lambda I)")
+    pre.add_argument("--damping", type=_damping, help="lambda in (H + lambda I): a number, 'auto', or 'from-eval' "
+                     "(the best value found by `evaluate` on this run; 'from-eval:RUN' for another run)")
     pre.add_argument("--params", type=_params, help="'all', 'last_layer' or comma-separated parameter prefixes")
     pre.add_argument("--topk", type=int, help="top-k proponents/opponents stored per test point")
     pre.add_argument("--label-noise", type=float, help="fraction of training labels to flip (e.g. 0.1)")
     pre.add_argument("--noise-seed", type=int, help="seed for the label flips")
+    pre.add_argument("--labels-override", metavar="FILE",
+                     help="CSV index,label of training labels to use (e.g. cleaned labels exported by the review page)")
+    pre.add_argument("--no-mislabels", dest="mislabels", action="store_false", default=None,
+                     help="skip the suspected-mislabel rankings")
+    pre.add_argument("--mislabel-folds", type=int, help="k-fold retrains for cleanlab's out-of-fold probabilities "
+                     "(0 = skip cleanlab; default 5)")
+    pre.add_argument("--mislabel-detector", choices=["isolation_forest", "lof"],
+                     help="outlier detector for Outlier Gradient Analysis")
     pre.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = GPU if present")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing run made with another config")
     pre.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    from precompute.evaluation.cli import add_evaluate_parser
+
+    add_evaluate_parser(sub, DEFAULT_CACHE_DIR)
 
     app = sub.add_parser("app", help="open the explorer (Streamlit) on a cache folder")
     app.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
@@ -78,9 +101,15 @@ def _load_run_config(args: argparse.Namespace):
         "train.lr": args.lr, "train.optimizer": args.optimizer, "train.weight_decay": args.weight_decay,
         "train.seed": args.seed, "influence.damping": args.damping, "influence.params": args.params,
         "influence.topk": args.topk, "data.label_noise": args.label_noise, "data.noise_seed": args.noise_seed,
+        "data.labels_override": args.labels_override, "mislabels.enabled": args.mislabels,
+        "mislabels.folds": args.mislabel_folds, "mislabels.detector": args.mislabel_detector,
         "device": args.device,
     })
     assert isinstance(cfg, RunConfig)
+    if isinstance(cfg.influence.damping, str) and cfg.influence.damping.startswith("from-eval"):
+        from precompute.config import apply_damping_from_eval
+
+        apply_damping_from_eval(cfg, args.cache_dir, args.out)
     return cfg.validate()
 
 
@@ -98,6 +127,9 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     print(f"  model {m['model']['arch']}: train acc {m['model']['train_accuracy']:.3f}, "
           f"test acc {m['model']['test_accuracy']:.3f}")
     print(f"  {m['dataset']['n_test']} test x {m['dataset']['n_train']} train, methods: {', '.join(m['methods'])}")
+    if m["dataset"].get("skipped_corrupt"):
+        print(f"  skipped {m['dataset']['skipped_corrupt']} unreadable image(s) (data.on_corrupt = \"skip\"; "
+              "listed in manifest.json: dataset.skipped_corrupt_files)")
     print("  stage timings:")
     for stage, secs in result.timings.items():
         print(f"    {stage:<22} {secs:8.2f} s")
@@ -123,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "precompute":
             return cmd_precompute(args)
+        if args.command == "evaluate":
+            from precompute.evaluation.cli import cmd_evaluate
+
+            return cmd_evaluate(args)
         return cmd_app(args)
     except InfluenceExplorerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -158,3 +158,40 @@ def test_image_folder_end_to_end_with_cnn(tmp_path: Path) -> None:
     gray = run.array("train_images")[paths.index("train/circle/gray_circle.png")]
     assert (gray[..., 0] == gray[..., 1]).all()  # the grayscale file was converted to RGB
     assert run.manifest["dataset"]["source"] == "image_folder"
+
+
+def test_cli_reports_corrupt_images_as_one_line_or_a_count(tmp_path: Path) -> None:
+    root = make_shapes_folder(tmp_path / "shapes")
+    (root / "train" / "square" / "broken.png").write_bytes(b"\x89PNG truncated")
+    base = f"""name = "shapes"
+[data]
+source = "image_folder"
+path = "{root}"
+image_mode = "RGB"
+image_size = [16, 16]
+{{extra}}
+[model]
+arch = "cnn"
+[train]
+epochs = 3
+[influence]
+methods = ["graddot"]
+[mislabels]
+enabled = false
+"""
+    cmd = [sys.executable, "-m", "precompute.cli", "precompute", "--config", str(tmp_path / "run.toml"),
+           "--cache-dir", str(tmp_path / "cache"), "--no-progress"]
+    (tmp_path / "run.toml").write_text(base.format(extra=""))
+    stop = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = stop.stderr.strip().splitlines()
+    assert stop.returncode == 2 and "Traceback" not in stop.stderr
+    assert [ln for ln in lines if ln.startswith("error")] == lines[-1:] == [
+        f"error: {root / 'train' / 'square' / 'broken.png'}: cannot read image (UnidentifiedImageError); "
+        "remove the file or set data.on_corrupt = \"skip\""]
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    (tmp_path / "run.toml").write_text(base.format(extra='on_corrupt = "skip"'))
+    skip = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert skip.returncode == 0, skip.stderr
+    assert "skipped 1 unreadable image(s)" in skip.stdout
+    run = RunCache(tmp_path / "cache" / "shapes")
+    assert run.manifest["dataset"]["skipped_corrupt_files"] == [str(root / "train" / "square" / "broken.png")]

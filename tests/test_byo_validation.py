@@ -95,6 +95,11 @@ def test_table_validation(tmp_path: Path) -> None:
     empty.to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(DataError, match="test split is empty"):
         load_table(tmp_path / "empty.csv", "label")
+    unlabeled = df.copy()
+    unlabeled.loc[7, "label"] = None
+    unlabeled.to_csv(tmp_path / "nolabel.csv", index=False)
+    with pytest.raises(DataError, match=r"nolabel.csv: 1 rows have no label in 'label'"):
+        load_table(tmp_path / "nolabel.csv", "label")
     with pytest.raises(DataError, match="table not found"):
         load_table(tmp_path / "missing.csv", "label")
 

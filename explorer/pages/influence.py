@@ -10,6 +10,7 @@ from components.figures import probability_figure
 from explorer import state, ui
 from explorer.cache import SELF_INFLUENCE, TRAIN_NET_INFLUENCE
 from explorer.data import RunView
+from explorer.trust import counterfactual_sentence
 
 CARDS_PER_ROW = 4
 
@@ -68,6 +69,9 @@ def test_view(v: RunView, test: int) -> None:
             st.session_state["w_jump"] = test
         st.number_input("Test point", 0, v.n_test - 1, key="w_jump", on_change=_jump)
     st.markdown(ui.SIGN_LINE)
+    sentence = counterfactual_sentence(v.run, test, method)
+    if sentence:
+        st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {sentence}", icon=":material/science:")
     top = v.top(method, test, k)
     name = v.class_names[label]
     left, right = st.columns(2, gap="large")

@@ -1,0 +1,208 @@
+"""Trust: how far to trust each influence method on this run, measured by ``influence-explorer evaluate``.
+
+Standalone Streamlit page (also run through ``explorer/app.py``'s navigation). The run comes from
+``?run=<name>``; everything shown is read from ``<run>/evaluation/`` by :mod:`explorer.trust`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from components.trust_figures import (
+    agreement_figure,
+    brittleness_figure,
+    damping_figure,
+    lds_figure,
+    loo_figure,
+)
+from explorer.cache import CacheProblem, list_runs
+from explorer.state import cache_dir, open_run, selected_run_name
+from explorer.trust import TrustResults, counterfactual_sentence, evaluate_command, load_trust
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _pick_run() -> str | None:
+    name = selected_run_name()
+    if name:
+        return name
+    ok = [r for r in list_runs(cache_dir()) if r.ok]
+    if not ok:
+        st.info(f"No runs in `{cache_dir()}`. Build one with `influence-explorer precompute --sample digits`, "
+                "then evaluate it with `influence-explorer evaluate digits`.")
+        return None
+    return ok[0].name
+
+
+def _method_table(tr: TrustResults) -> None:
+    t = tr.method_table()
+    shown = pd.DataFrame({
+        "method": t["method"],
+        "LDS [95% CI]": [f"{_fmt(a)} [{_fmt(b)}, {_fmt(c)}]" if a is not None and np.isfinite(a) else "–"
+                         for a, b, c in zip(t["LDS"], t["LDS low"], t["LDS high"], strict=True)],
+        "LDS (margin)": t["LDS (margin)"].map(_fmt),
+        "LOO Pearson": t["LOO Pearson"].map(_fmt),
+        "LOO Spearman": t["LOO Spearman"].map(_fmt),
+        "mislabel ROC-AUC": t["mislabel ROC-AUC"].map(_fmt),
+        "damping (run / best)": [f"{_g(a)} / {_g(b)}" if b is not None and b == b else "–"
+                                 for a, b in zip(t["damping used"], t["best damping"], strict=True)],
+        "compute time": t["compute s"].map(lambda v: "–" if v is None or v != v else f"{v:.1f} s"),
+    })
+    st.dataframe(shown, hide_index=True, width="stretch", height=35 * (len(shown) + 1) + 3)
+    if t["LDS"].notna().any():
+        st.plotly_chart(lds_figure(t), width="stretch", key="trust_lds")
+
+
+def _g(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "–"
+    return f"{v:g}" if isinstance(v, int | float) else str(v)
+
+
+def _explain(tr: TrustResults) -> None:
+    lds = tr.part("lds") or {}
+    loo = tr.part("loo") or {}
+    s = lds.get("settings", {})
+    lines = []
+    if lds:
+        lines.append(f"**LDS** (linear datamodeling score): the model was retrained on {lds.get('subsets')} random "
+                     f"subsets of {s.get('fraction', 0.5):.0%} of the training data ({s.get('repeats', 1)} seed(s) each). "
+                     "For each test point, LDS is the Spearman correlation between a method's predicted effect of a "
+                     "subset (sum of its scores) and the retrained model's (negative) test loss; the mean over test "
+                     "points is shown with a bootstrap 95% interval. 1 = perfect ranking, 0 = random.")
+    if loo:
+        lines.append("**LOO**: correlation between the predicted change of test loss when one training sample is "
+                     "removed (score / n) and the change after actually retraining without it"
+                     + (" (converged retraining: meaningful for this convex model)." if loo.get("meaningful") else
+                        ". **Not meaningful for this non-convex model**: retraining noise dominates the tiny "
+                        "single-sample effects."))
+    if lines:
+        st.caption("  \n".join(lines))
+
+
+def _damping(tr: TrustResults) -> None:
+    frame = tr.damping_frame()
+    if frame.empty:
+        return
+    st.subheader("Damping sensitivity")
+    st.caption("Influence estimates are fragile in the damping lambda of (H + lambda I): the same method can go from "
+               "good to near-random with one value. Star: best lambda; ring: the run's own value. Rebuild with the "
+               "best one: `influence-explorer precompute ... --damping from-eval`.")
+    st.plotly_chart(damping_figure(frame), width="stretch", key="trust_damping")
+    errs = frame[frame["error"].notna() & (frame["error"] != "")]
+    if len(errs):
+        with st.expander(f"{len(errs)} lambda value(s) failed"):
+            st.dataframe(errs[["method", "damping", "error"]], hide_index=True, width="stretch")
+
+
+def _agreement(tr: TrustResults) -> None:
+    ag = tr.agreement()
+    if not ag or len(ag.get("methods", [])) < 2:
+        return
+    st.subheader("Method agreement")
+    which = st.radio("Measure", ["spearman", "topk_overlap"], horizontal=True, key="trust_agree_which",
+                     format_func=lambda w: "mean Spearman of score rows" if w == "spearman"
+                     else f"top-{ag.get('k')} proponent overlap")
+    st.plotly_chart(agreement_figure(ag, which), width="stretch", key="trust_agreement")
+    st.caption(f"Over {ag.get('n_test')} test points. Methods that disagree cannot both be right; LDS above says "
+               "which one matches retraining.")
+
+
+def _brittleness(tr: TrustResults) -> None:
+    b = tr.part("brittleness")
+    if not b:
+        return
+    st.subheader("Brittleness: removing the top proponents")
+    rnd = b.get("random") or {}
+    st.caption(f"For {len(b['tests'])} correctly classified test points, the top-k proponents of each method were "
+               f"removed and the model retrained; the grey line removes k random samples instead "
+               f"({rnd.get('tries', 0)} tries each). A trustworthy method flips far more predictions than random removal.")
+    st.plotly_chart(brittleness_figure(tr.brittleness_frame()), width="stretch", key="trust_brittle")
+    rows = []
+    samples = None
+    try:
+        samples = open_run(tr.run_name).test_samples()
+    except Exception:  # noqa: BLE001 - labels are a nicety here
+        pass
+    names = tr.class_names
+    for t in b["tests"]:
+        label = int(samples.loc[t, "label"]) if samples is not None and t in samples.index else None
+        rows.append({"test point": t, "label": names[label] if label is not None and label < len(names) else "",
+                     "what happened": counterfactual_sentence(open_run(tr.run_name), t) or ""})
+    with st.expander("Per test point", expanded=False):
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def _loo_plot(tr: TrustResults) -> None:
+    loo = tr.part("loo")
+    if not loo or not loo.get("methods"):
+        return
+    methods = [m for m in loo["methods"] if m in tr.manifest.get("methods", {})]
+    if not methods:
+        return
+    with st.expander("Leave-one-out: predicted vs actual", expanded=False):
+        best = tr.best_method()
+        m = st.selectbox("Method", methods, index=methods.index(best) if best in methods else 0, key="trust_loo_m")
+        pairs = tr.loo_pairs(m)
+        if pairs is not None:
+            st.plotly_chart(loo_figure(pairs[0], pairs[1], m), width="stretch", key="trust_loo")
+
+
+def _mislabels(tr: TrustResults) -> None:
+    mis = tr.mislabels()
+    if not mis or not mis.get("other"):
+        return
+    with st.expander("Mislabel detection: other rankings", expanded=False):
+        st.caption(f"Source: {mis.get('source')}. {mis.get('n_flipped', '?')} training labels were flipped.")
+        st.dataframe(pd.DataFrame(mis["other"]).T, width="stretch")
+
+
+def main() -> None:
+    st.title("Trust")
+    st.caption("How far to trust each influence method on this run: measured against real retraining of the "
+               "run's own model, with its own recipe and seed.")
+    name = _pick_run()
+    if name is None:
+        return
+    try:
+        run = open_run(name)
+    except CacheProblem as exc:
+        st.error(exc.message)
+        return
+    tr = load_trust(run)
+    if tr is None:
+        st.info(f"Run **{name}** has not been evaluated yet. Measure it with:")
+        st.code(evaluate_command(name) + f" --cache-dir {cache_dir()}", language="bash")
+        st.caption("Retrains the model on random subsets of its training data (LDS), without single samples "
+                   "(leave-one-out) and without each test point's top proponents (brittleness); a few minutes on a "
+                   "laptop for the digits samples. Parts can be switched off, e.g. `--no-loo`.")
+        return
+    if tr.stale:
+        st.warning(f"The evaluation in `{tr.path}/evaluation` was made for another model or dataset than this run's. "
+                   f"Re-run: `{evaluate_command(name)}`.")
+        return
+    best = tr.best_method()
+    if best:
+        v = tr.lds(best) or {}
+        ci = v.get("ci") or [None, None]
+        st.markdown(f"Best method on **{name}**: **{best}**, LDS **{_fmt(v.get('lds'), 2)}** "
+                    f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]."
+                    + ("" if tr.data.get("convex") else " (Non-convex model: influence is an approximation here.)"))
+    _method_table(tr)
+    _explain(tr)
+    _loo_plot(tr)
+    _damping(tr)
+    _brittleness(tr)
+    _agreement(tr)
+    _mislabels(tr)
+    with st.expander("Settings and timings", expanded=False):
+        st.json({"settings": tr.data.get("settings"), "timings_s": tr.data.get("timings"),
+                 "updated": tr.data.get("updated"), "models retrained in the last call": tr.data.get("last_retrained")},
+                expanded=False)
+
+
+main()

@@ -1,0 +1,236 @@
+"""Everything evaluation needs from a finished run: its config, data, trained model and scores.
+
+The run is rebuilt from its own cache: ``RunConfig.from_dict(manifest["config"])`` gives the recipe,
+``load_dataset`` the same data (checked against the recorded dataset fingerprint), and the last
+checkpoint the trained parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from explorer.cache import CacheProblem, RunCache
+from precompute.config import RunConfig
+from precompute.data import SplitDataset, load_dataset
+from precompute.errors import CacheError, ConfigError, ModelError
+from precompute.models import build_model
+from precompute.training import Checkpoint
+
+
+def resolve_run_dir(run: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """``run`` is a run folder (holding manifest.json) or a run name under ``cache_dir``."""
+    p = Path(run)
+    if (p / "manifest.json").is_file():
+        return p
+    if cache_dir is not None and (Path(cache_dir) / str(run) / "manifest.json").is_file():
+        return Path(cache_dir) / str(run)
+    where = f"{p}" if cache_dir is None else f"{p} or {Path(cache_dir) / str(run)}"
+    raise CacheError(f"{where}: no complete run there (no manifest.json); build it first with "
+                     f"influence-explorer precompute, or pass --cache-dir with the folder holding it")
+
+
+@dataclass
+class RunContext:
+    """A loaded run. Tensors live on the CPU in the model's dtype (``x_*``) / int64 (``y_*``)."""
+
+    run_dir: Path
+    manifest: dict[str, Any]
+    cfg: RunConfig
+    ds: SplitDataset
+    final_state: dict[str, torch.Tensor]
+    _scores: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunContext:
+        run_dir = Path(run_dir)
+        try:
+            cache = RunCache(run_dir)
+        except CacheProblem as exc:
+            raise CacheError(exc.message) from None
+        manifest = cache.manifest
+        try:
+            cfg = RunConfig.from_dict(manifest["config"], source=f"{run_dir}/manifest.json config")
+        except (KeyError, TypeError) as exc:
+            raise CacheError(f"{run_dir}/manifest.json: no usable 'config' ({exc}); rebuild the run with "
+                             "influence-explorer precompute --overwrite") from None
+        ds = load_dataset(cfg.data)
+        recorded = manifest.get("dataset", {}).get("fingerprint")
+        if recorded and ds.fingerprint() != recorded:
+            raise CacheError(f"{run_dir}/manifest.json: dataset fingerprint {recorded} does not match the data "
+                             f"loaded now ({ds.fingerprint()}); the data changed since precompute: rebuild the run "
+                             "with influence-explorer precompute --overwrite")
+        ckpts = manifest.get("model", {}).get("checkpoints") or []
+        if not ckpts:
+            raise CacheError(f"{run_dir}/manifest.json: model.checkpoints is empty; evaluation needs the trained "
+                             "model: rebuild the run with influence-explorer precompute --overwrite")
+        final = run_dir / ckpts[-1]["path"]
+        if not final.is_file():
+            raise CacheError(f"{final} is missing; rebuild the run with influence-explorer precompute --overwrite")
+        state = torch.load(final, map_location="cpu", weights_only=True)
+        return cls(run_dir=run_dir, manifest=manifest, cfg=cfg, ds=ds, final_state=state)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def convex(self) -> bool:
+        """Whether retraining has a unique optimum (softmax regression with L2)."""
+        return self.cfg.model.arch == "logreg" and not getattr(self.cfg.model, "factory", None)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float64 if self.cfg.model.dtype == "float64" else torch.float32
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The training recipe as recorded in the manifest (stable across code versions that add
+        config fields with defaults): part of every ground-truth key."""
+        c = self.manifest.get("config", {})
+        return {"train": c.get("train"), "model": c.get("model")}
+
+    @property
+    def model_fingerprint(self) -> str:
+        return str(self.manifest["model"]["fingerprint"])
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return str(self.manifest["dataset"]["fingerprint"])
+
+    @property
+    def n_train(self) -> int:
+        return self.ds.n_train
+
+    @property
+    def n_test(self) -> int:
+        return self.ds.n_test
+
+    @cached_property
+    def x_train(self) -> torch.Tensor:
+        return torch.as_tensor(self.ds.x_train, dtype=self.dtype)
+
+    @cached_property
+    def y_train(self) -> torch.Tensor:
+        return torch.as_tensor(self.ds.y_train)
+
+    @cached_property
+    def x_test(self) -> torch.Tensor:
+        return torch.as_tensor(self.ds.x_test, dtype=self.dtype)
+
+    @cached_property
+    def y_test(self) -> torch.Tensor:
+        return torch.as_tensor(self.ds.y_test)
+
+    @cached_property
+    def test_pred(self) -> np.ndarray:
+        """The trained model's test predictions ``[n_test]``."""
+        with torch.no_grad():
+            return self.model().forward(self.x_test).argmax(1).numpy()
+
+    def model(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """A fresh copy of the trained model (final checkpoint), in eval mode."""
+        m = build_model(self.cfg.model, self.ds.input_shape, self.ds.n_classes)
+        try:
+            m.load_state_dict(self.final_state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ModelError(f"{self.run_dir}: the model rebuilt from the run's config does not match its checkpoint "
+                             f"({first}); evaluate needs a run whose model the config can rebuild (built-in arch "
+                             "or model.factory), not one passed in memory") from None
+        if dtype is not None:
+            m = m.to(dtype)
+        return m.eval()
+
+    def checkpoints(self) -> list[Checkpoint]:
+        out = []
+        for c in self.manifest["model"]["checkpoints"]:
+            state = torch.load(self.run_dir / c["path"], map_location="cpu", weights_only=True)
+            out.append(Checkpoint(epoch=int(c["epoch"]), lr=float(c["lr"]), state_dict=state))
+        return out
+
+    # ------------------------------------------------------------------ scores
+    @property
+    def run_methods(self) -> list[str]:
+        return list(self.manifest.get("methods", {}))
+
+    def method_options(self, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.cfg.influence.options.get(name) or {})
+
+    def scores(self, name: str) -> np.ndarray:
+        """``[n_test, n_train]`` float32 scores of ``name``: from the cache when the run has it, else
+        computed on the run's model with the run's settings for that method (kept in memory)."""
+        if name not in self._scores:
+            if name in self.run_methods:
+                self._scores[name] = np.asarray(RunCache(self.run_dir).scores(name), dtype=np.float32)
+            else:
+                self._scores[name] = self._computed_scores(name)
+        return self._scores[name]
+
+    def _computed_scores(self, name: str) -> np.ndarray:
+        """Scores of a method the run lacks, kept in ``<run>/evaluation/scores/`` (keyed by method,
+        options, damping, parameter selection and model fingerprint) so later calls do not refit it."""
+        import hashlib
+        import json
+        import os
+
+        opts = self.method_options(name)
+        blob = json.dumps({"method": name, "options": opts, "damping": self.cfg.influence.damping,
+                           "params": self.cfg.influence.params, "model": self.model_fingerprint}, sort_keys=True,
+                          default=str)
+        path = self.run_dir / "evaluation" / "scores" / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.npy"
+        if path.is_file():
+            try:
+                arr = np.load(path)
+                if arr.shape == (self.n_test, self.n_train):
+                    return arr
+            except (OSError, ValueError):
+                pass
+        t0 = time.perf_counter()
+        arr = self.compute_scores(name, opts)
+        self.computed_seconds[name] = round(time.perf_counter() - t0, 3)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as fh:
+                np.save(fh, arr)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # caching is an optimisation; the store reports unwritable folders itself
+        return arr
+
+    @cached_property
+    def computed_seconds(self) -> dict[str, float]:
+        return {}
+
+    def method_seconds(self, name: str) -> float | None:
+        info = self.manifest.get("methods", {}).get(name)
+        if info and "seconds" in info:
+            return float(info["seconds"])
+        return self.computed_seconds.get(name)
+
+    def compute_scores(self, name: str, options: dict[str, Any] | None = None,
+                       test_index: np.ndarray | None = None) -> np.ndarray:
+        """Fit estimator ``name`` (with ``options``, e.g. ``{"damping": 1e-3}``) on the run's model and
+        score test rows ``test_index`` (all by default): ``[len(test_index), n_train]`` float32."""
+        from precompute.influence import InfluenceTask, available_methods, get_estimator
+        from precompute.influence.runner import compute_scores
+        from precompute.params import ParamSpace, select_parameters
+
+        if name not in available_methods():
+            raise ConfigError(f"evaluate --methods: unknown method {name!r}; known: {available_methods()}")
+        est = get_estimator(name, options)
+        model = self.model()
+        space = ParamSpace(model, select_parameters(model, self.cfg.influence.params))
+        task = InfluenceTask(model=model, space=space, x_train=self.x_train, y_train=self.y_train,
+                             weight_decay=self.cfg.train.weight_decay, damping=self.cfg.influence.damping,
+                             checkpoints=self.checkpoints(), batch_size=self.cfg.influence.train_batch_size)
+        idx = np.arange(self.n_test) if test_index is None else np.asarray(test_index)
+        xt, yt = self.x_test[idx], self.y_test[idx]
+        return compute_scores(est, task, xt, yt, self.cfg.influence.train_batch_size,
+                              self.cfg.influence.test_batch_size)
