@@ -4,7 +4,18 @@ Importing this package registers every built-in method; see :mod:`precompute.inf
 the interface and the sign convention (positive score = proponent).
 """
 
-from precompute.influence import exact, gradient_similarity, tracin  # noqa: F401  (registers methods)
+from precompute.influence import (  # noqa: F401  (registers methods)
+    arnoldi,
+    cg,
+    datainf,
+    exact,
+    gradient_similarity,
+    kfac,
+    lissa,
+    representer,
+    tracin,
+    trak,
+)
 from precompute.influence.base import (
     InfluenceEstimator,
     InfluenceTask,

@@ -30,16 +30,29 @@ from precompute.gradients import LossFn, cross_entropy_loss, per_sample_gradient
 from precompute.params import ParamSpace
 from precompute.training import Checkpoint
 
+#: ``damping = "auto"`` means lambda = AUTO_DAMPING_SCALE * tr(H) / p (the mean eigenvalue of H),
+#: tr(H) estimated by Hutchinson with AUTO_DAMPING_PROBES seeded Rademacher probes (kronfluence's rule).
+AUTO_DAMPING_SCALE = 0.1
+AUTO_DAMPING_PROBES = 32
+
+
+def check_damping(value: Any, key: str = "damping") -> None:
+    """Raise ConfigError unless ``value`` is a number >= 0 or ``"auto"``."""
+    ok = value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0)
+    if not ok:
+        raise ConfigError(f"{key}: must be a number >= 0 or \"auto\" (got {value!r})")
+
 
 @dataclass
 class MethodConfig:
-    """Base for per-method settings. ``damping=None`` means: use the run's ``influence.damping``."""
+    """Base for per-method settings. ``damping=None`` means: use the run's ``influence.damping``;
+    a number >= 0 or ``"auto"`` (see :func:`auto_damping`) overrides it for this method."""
 
-    damping: float | None = None
+    damping: float | str | None = None
 
     def validate(self) -> MethodConfig:
-        if self.damping is not None and (not isinstance(self.damping, int | float) or self.damping < 0):
-            raise ConfigError(f"damping: must be a number >= 0 (got {self.damping!r})")
+        if self.damping is not None:
+            check_damping(self.damping, "damping")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -59,7 +72,7 @@ class InfluenceTask:
     x_train: torch.Tensor
     y_train: torch.Tensor
     weight_decay: float
-    damping: float
+    damping: float | str
     checkpoints: list[Checkpoint] = field(default_factory=list)
     batch_size: int = 512
     loss_fn: LossFn = cross_entropy_loss
@@ -95,7 +108,9 @@ class InfluenceEstimator(ABC):
         self.task: InfluenceTask | None = None
 
     def damping_for(self, task: InfluenceTask) -> float:
-        return float(task.damping if self.config.damping is None else self.config.damping)
+        """The resolved lambda: the method's own ``damping`` or else the run's; ``"auto"`` -> a number."""
+        raw = task.damping if self.config.damping is None else self.config.damping
+        return auto_damping(task) if raw == "auto" else float(raw)
 
     def fit(self, task: InfluenceTask) -> InfluenceEstimator:
         self.task = task
@@ -125,6 +140,34 @@ class InfluenceEstimator(ABC):
     def fit_info(self) -> dict[str, Any]:
         """Facts about the fit worth recording in the manifest (e.g. eigenvalue range)."""
         return {}
+
+
+def auto_damping(task: InfluenceTask) -> float:
+    """``0.1 * tr(H) / p``: a tenth of the mean eigenvalue of the Hessian H of the training objective.
+
+    tr(H) is estimated by Hutchinson, ``mean_k z_k^T H z_k`` over 32 seeded Rademacher probes (one
+    batched HVP pass over the training set), computed once per task and cached on it, so every method
+    of a run that resolves ``"auto"`` gets the same lambda. Always > 0 when weight decay is > 0.
+    """
+    cached = getattr(task, "_auto_damping", None)
+    if cached is not None:
+        return cached
+    from precompute.hessian import create_hvp_function  # late: keeps this module light
+
+    p = task.space.size
+    dtype = next(task.model.parameters()).dtype
+    gen = torch.Generator().manual_seed(0)
+    z = (torch.randint(0, 2, (AUTO_DAMPING_PROBES, p), generator=gen) * 2 - 1).to(dtype)
+    z = z.to(task.x_train.device)
+    hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
+                              task.batch_size, loss_fn=task.loss_fn)
+    trace = float((z * hvp(z)).sum(dim=1).mean())
+    value = AUTO_DAMPING_SCALE * trace / p
+    if not value > 0:
+        raise MethodError(f"influence.damping = \"auto\": estimated mean Hessian eigenvalue is {trace / p:.3g} "
+                          "(not > 0); set influence.damping to an explicit number > 0")
+    task._auto_damping = value  # type: ignore[attr-defined]
+    return value
 
 
 _REGISTRY: dict[str, type[InfluenceEstimator]] = {}

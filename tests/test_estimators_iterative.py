@@ -1,0 +1,135 @@
+"""CG, LiSSA and Arnoldi against the exact estimator on a tiny float64 MLP (p = 75), plus damping "auto".
+
+Tolerances (per-test-point Spearman vs exact, mean over test points): CG >= 0.99, full-rank Arnoldi
+>= 0.99, converged LiSSA >= 0.95 (see docs/methods.md).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from precompute.config import InfluenceConfig
+from precompute.errors import ConfigError, MethodError
+from precompute.influence import get_estimator
+from precompute.influence._toy import tiny_task
+from precompute.influence.base import auto_damping
+from precompute.influence.runner import compute_scores
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny float64 ops: one intra-op thread is faster and immune to oversubscribed CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    task, xs, ys = tiny_task("mlp", damping=0.1)
+    exact = get_estimator("exact").fit(task)
+    return task, xs, ys, exact, compute_scores(exact, task, xs, ys)
+
+
+def mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([spearmanr(a[i], b[i])[0] for i in range(len(a))]))
+
+
+def test_cg_matches_exact(mlp):
+    task, xs, ys, exact, ref = mlp
+    est = get_estimator("cg", {"tol": 1e-8, "max_iter": 500})
+    scores = compute_scores(est, task, xs, ys)
+    assert mean_spearman(ref, scores) >= 0.99
+    assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert est.fit_info()["unconverged"] == 0
+
+
+def test_cg_unconverged_warns(mlp):
+    task, xs, ys, *_ = mlp
+    with pytest.warns(UserWarning, match="max_iter"):
+        compute_scores(get_estimator("cg", {"tol": 1e-12, "max_iter": 2}), task, xs, ys)
+
+
+@pytest.mark.parametrize("residual", ["damping", "drop"])
+def test_full_rank_arnoldi_matches_exact(mlp, residual):
+    task, xs, ys, exact, ref = mlp
+    p = task.space.size
+    est = get_estimator("arnoldi", {"n_iter": p, "rank": p, "residual": residual})
+    scores = compute_scores(est, task, xs, ys)
+    assert mean_spearman(ref, scores) >= 0.99
+    assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_arnoldi_top_eigenvalues_match_exact(mlp):
+    task, _, _, exact, _ = mlp
+    est = get_estimator("arnoldi", {"n_iter": 40, "rank": 5}).fit(task)
+    top = exact.eigenvalues_.abs().sort(descending=True).values[:5]
+    assert torch.allclose(est.eigenvalues_.abs().sort(descending=True).values, top, rtol=1e-6)
+
+
+def test_lissa_converged_matches_exact(mlp):
+    task, xs, ys, exact, ref = mlp
+    det = compute_scores(get_estimator("lissa", {"depth": 250, "batch_size": None}), task, xs, ys)
+    assert mean_spearman(ref, det) >= 0.99  # full-batch Neumann series, converged
+    with warnings.catch_warnings():  # mini-batch noise keeps the iterate moving: it warns, by design
+        warnings.simplefilter("ignore")
+        est = get_estimator("lissa", {"depth": 200, "batch_size": 30, "repeats": 3})
+        stoch = compute_scores(est, task, xs, ys)
+    assert mean_spearman(ref, stoch) >= 0.95
+
+
+def test_lissa_divergence_is_reported(mlp):
+    task, xs, ys, *_ = mlp
+    est = get_estimator("lissa", {"depth": 200, "scale": 0.05, "batch_size": None}).fit(task)
+    with pytest.raises(MethodError, match="diverged.*raise influence.options.lissa.scale"):
+        est.query_factors(xs, ys)
+
+
+def test_lissa_unconverged_warns(mlp):
+    task, xs, ys, *_ = mlp
+    est = get_estimator("lissa", {"depth": 5, "batch_size": None}).fit(task)
+    with pytest.warns(UserWarning, match="not converged"):
+        est.query_factors(xs, ys)
+
+
+def test_auto_damping_is_a_tenth_of_the_mean_eigenvalue(mlp):
+    task, *_ = mlp
+    task_auto, _, _ = tiny_task("mlp", damping="auto")
+    exact = get_estimator("exact").fit(task)
+    rule = 0.1 * float(exact.hessian_.trace()) / task.space.size
+    lam = auto_damping(task_auto)
+    assert abs(lam - rule) <= 0.25 * rule  # Hutchinson estimate with 32 probes
+    ests = [get_estimator(m) for m in ("cg", "arnoldi", "kfac", "datainf")]
+    assert {e.damping_for(task_auto) for e in ests} == {lam}  # one value shared by the run's methods
+    assert get_estimator("cg", {"damping": 0.5}).damping_for(task_auto) == 0.5
+
+
+def test_damping_validation():
+    with pytest.raises(ConfigError, match="damping"):
+        get_estimator("cg", {"damping": "big"})
+    with pytest.raises(ConfigError, match="damping"):
+        get_estimator("cg", {"damping": -1.0})
+    with pytest.raises(ConfigError, match="tol"):
+        get_estimator("cg", {"tol": 2.0})
+    with pytest.raises(ConfigError, match="rank"):
+        get_estimator("arnoldi", {"n_iter": 5, "rank": 10})
+    InfluenceConfig(damping="auto").validate()
+    with pytest.raises(ConfigError, match="influence.damping"):
+        InfluenceConfig(damping="fast").validate()
+
+
+def test_cg_rejects_indefinite_system():
+    task, xs, ys = tiny_task("mlp", damping=0.0, weight_decay=0.0)
+    exact_min = get_estimator("exact", {"damping": 1.0}).fit(task).eigenvalues_.min().item()
+    assert exact_min < 0  # this model's Hessian is indefinite without weight decay
+    est = get_estimator("cg", {"max_iter": 200}).fit(task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(MethodError, match="raise influence.damping"):
+            est.query_factors(task.x_train, task.y_train)

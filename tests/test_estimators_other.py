@@ -1,0 +1,148 @@
+"""DataInf, TRAK and representer points, and the invariances every method must satisfy.
+
+Invariances: batch size and chunking do not change scores; self-influence equals the diagonal of the
+train x train score matrix; per-layer scores sum to the total. Sign: for every registered method the
+top proponents of a test point mostly share its label (positive score = proponent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from precompute.config import ModelConfig, TrainConfig
+from precompute.influence import InfluenceTask, available_methods, get_estimator
+from precompute.influence._toy import blobs, tiny_task
+from precompute.influence.runner import (
+    compute_scores,
+    compute_self_influence,
+    compute_train_factors,
+)
+from precompute.influence.trak import margin
+from precompute.models import build_model
+from precompute.params import ParamSpace, select_parameters
+from precompute.training import train_model
+
+NEW_METHODS = ["cg", "lissa", "arnoldi", "kfac", "ekfac", "datainf", "trak", "representer"]
+#: quick settings for the methods whose defaults are sized for real runs
+QUICK = {"lissa": {"depth": 60, "batch_size": None}, "arnoldi": {"n_iter": 40, "rank": 20}, "trak": {"proj_dim": 32}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return tiny_task("mlp", damping=0.1)
+
+
+def scores_of(method: str, task: InfluenceTask, xs, ys, options: dict | None = None, **kw) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LiSSA's "not converged" warning at quick settings
+        return compute_scores(get_estimator(method, options or QUICK.get(method)), task, xs, ys, **kw)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_sign_top_proponents_share_the_label(mlp, method):
+    task, xs, ys = mlp
+    s = scores_of(method, task, xs, ys)
+    y_tr, y_te = task.y_train.numpy(), ys.numpy()
+    same = y_tr[None, :] == y_te[:, None]  # [n_test, n_train]
+    gap = np.array([s[t][same[t]].mean() - s[t][~same[t]].mean() for t in range(len(s))])
+    assert (gap > 0).mean() >= 0.8  # same-label samples score higher on average
+    top5 = np.argsort(-s, axis=1)[:, :5]
+    assert same[np.arange(len(s))[:, None], top5].mean() >= 0.5  # chance is 1/3
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_self_influence_is_the_diagonal(mlp, method):
+    task, _, _ = mlp
+    full = scores_of(method, task, task.x_train, task.y_train)
+    est = get_estimator(method, QUICK.get(method)).fit(task)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        self_inf = compute_self_influence(est, task, 16)
+    np.testing.assert_allclose(self_inf, np.diag(full), rtol=1e-5, atol=1e-6 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_batch_size_and_chunking_do_not_change_scores(mlp, method):
+    task, xs, ys = mlp
+    opts = {"depth": 20, "batch_size": None} if method == "lissa" else None  # same sums, fewer steps
+    ref = scores_of(method, task, xs, ys, opts, train_batch_size=512, test_batch_size=256)
+    other = dataclasses.replace(task, batch_size=7)
+    chunked = scores_of(method, other, xs, ys, opts, train_batch_size=9, test_batch_size=4)
+    np.testing.assert_allclose(chunked, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+
+
+def test_lissa_stochastic_sampling_is_chunk_invariant(mlp):
+    task, xs, ys = mlp
+    opts = {"depth": 40, "batch_size": 20, "repeats": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = compute_scores(get_estimator("lissa", opts), task, xs, ys, test_batch_size=256)
+        parts = compute_scores(get_estimator("lissa", opts), task, xs, ys, test_batch_size=4)
+    np.testing.assert_allclose(parts, whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+
+
+def test_datainf_matches_its_closed_form_and_layers_sum(mlp):
+    task, xs, ys = mlp
+    est = get_estimator("datainf").fit(task)
+    q = est.query_factors(xs[:3], ys[:3])
+    v = task.gradients(xs[:3], ys[:3])
+    g = task.gradients(task.x_train, task.y_train)
+    mu = task.weight_decay + 0.1
+    for s in task.space.layer_slices().values():
+        eye = torch.eye(s.stop - s.start, dtype=torch.float64)
+        inv = sum(torch.linalg.inv(torch.outer(gi[s], gi[s]) + mu * eye) for gi in g) / len(g)
+        assert torch.allclose(q[:, s], v[:, s] @ inv, rtol=1e-9, atol=1e-12)
+    t = compute_train_factors(est, task, 16)
+    parts = est.layer_scores(q, t)
+    assert len(parts) == 2 and torch.allclose(sum(parts.values()), est.scores(q, t), atol=1e-12)
+
+
+def test_trak_margin_and_newton_weight(mlp):
+    task, xs, ys = mlp
+    logits = task.model(xs).detach()
+    p = torch.softmax(logits, 1).gather(1, ys[:, None])[:, 0]
+    assert torch.allclose(margin(logits, ys), torch.log(p) - torch.log1p(-p), atol=1e-10)
+    # no projection (p <= proj_dim), final model: phi_i * (1 - p_i) is minus the loss gradient
+    est = get_estimator("trak", {"checkpoints": "final", "proj_dim": 10_000}).fit(task)
+    assert torch.allclose(est.train_factors(xs, ys), -task.gradients(xs, ys), atol=1e-10)
+
+
+def test_trak_ensemble_is_the_mean_over_models(mlp):
+    task, xs, ys = mlp
+    assert len(task.checkpoints) == 3
+    ens = scores_of("trak", task, xs, ys)
+    singles = [compute_scores(get_estimator("trak", {"proj_dim": 32, "seed": m}),
+                              dataclasses.replace(task, checkpoints=[ck]), xs, ys)
+               for m, ck in enumerate(task.checkpoints)]
+    np.testing.assert_allclose(ens, np.mean(singles, axis=0), rtol=1e-5, atol=1e-6 * np.abs(ens).max())
+    assert not np.allclose(singles[0], singles[-1])  # the checkpoints really differ
+
+
+def test_representer_decomposes_the_head_at_its_optimum():
+    x, y = blobs(60)
+    model = build_model(ModelConfig(arch="logreg", hidden=[], dtype="float64"), (8,), 3)
+    train_model(model, x, y, TrainConfig(optimizer="lbfgs", lr=1.0, epochs=30, weight_decay=0.05, checkpoints=1))
+    task = InfluenceTask(model, ParamSpace(model, select_parameters(model)), x, y, 0.05, 0.1)
+    est = get_estimator("representer").fit(task)
+    alpha_f = est.train_factors(x, y).reshape(60, 3, 9).sum(0)  # sum_i alpha_i f_i^T, [C, d + 1]
+    head = model[1]
+    assert torch.allclose(alpha_f, torch.cat([head.weight, head.bias[:, None]], 1).detach(), atol=1e-6)
+    s = compute_scores(est, task, x[:4], y[:4])
+    feats = torch.cat([x, torch.ones(60, 1, dtype=x.dtype)], 1)
+    alpha = (nn.functional.one_hot(y, 3) - torch.softmax(model(x), 1).detach()) / (0.05 * 60)
+    direct = alpha[:, y[:4]].T * (feats[:4] @ feats.T)
+    np.testing.assert_allclose(s, direct.numpy(), rtol=1e-5)
