@@ -22,6 +22,7 @@ import json
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,20 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
+def _retry_while_locked(fn, timeout: float) -> None:
+    """Run ``fn``; while SQLite says the database is locked/busy, retry until ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fn()
+            return
+        except sqlite3.OperationalError as exc:
+            busy = "locked" in str(exc) or "busy" in str(exc)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class AnnotationStore:
     """One connection to a decisions database; safe to use from several processes at once."""
 
@@ -86,10 +101,16 @@ class AnnotationStore:
             self.conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
+            # Entering WAL needs an exclusive lock, and SQLite may answer BUSY for it without calling
+            # the busy handler (two processes creating the database at once): retry until `timeout`.
+            _retry_while_locked(lambda: self.conn.execute("PRAGMA journal_mode = WAL"), timeout)
             self.conn.execute("PRAGMA synchronous = FULL")
-            with self._write():
-                self._create_schema()
+
+            def create() -> None:
+                with self._write():
+                    self._create_schema()
+
+            _retry_while_locked(create, timeout)
         except sqlite3.DatabaseError as exc:
             raise AnnotationError(f"{self.path}: not a usable decisions database ({exc}); move it aside "
                                   "(keep it: it may hold decisions) and reopen the review page") from None

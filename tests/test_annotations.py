@@ -160,3 +160,36 @@ def test_database_lives_beside_the_run_folder(tmp_path: Path):
     assert p.parent == tmp_path and p.name == "run1.annotations.sqlite"
     with AnnotationStore(p) as s:
         assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_setup_retries_while_the_database_is_locked():
+    """Two processes creating the database at once can get SQLITE_BUSY without the busy handler
+    being called (seen once in CI-like runs): opening retries such answers until its timeout."""
+    import sqlite3
+
+    from explorer.annotations import _retry_while_locked
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise sqlite3.OperationalError("database is locked")
+
+    _retry_while_locked(flaky, timeout=5)
+    assert len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise sqlite3.OperationalError("no such table: decisions")
+
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        _retry_while_locked(broken, timeout=5)
+    assert len(calls) == 1  # other errors are not retried
+
+    def always_locked():
+        raise sqlite3.OperationalError("database is locked")
+
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        _retry_while_locked(always_locked, timeout=0.1)
