@@ -90,3 +90,6 @@ enabled = false
 """)
     return run_precompute(load_config(root / "run.toml"), cache_dir=root / "cache", progress=False,
                           log=lambda _m: None).path
+
+
+from helpers import one_torch_thread  # noqa: E402,F401  (a shared fixture: tests opt in with usefixtures)

@@ -20,14 +20,7 @@ from precompute.influence._toy import tiny_task
 from precompute.influence.base import auto_damping
 from precompute.influence.runner import compute_scores
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny float64 ops: one intra-op thread is faster and immune to oversubscribed CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from precompute.influence._toy import tiny_task
 from precompute.influence.runner import compute_train_factors
 from precompute.params import ParamSpace, select_parameters
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

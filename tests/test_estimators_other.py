@@ -33,12 +33,7 @@ NEW_METHODS = ["cg", "lissa", "arnoldi", "kfac", "ekfac", "datainf", "trak", "re
 QUICK = {"lissa": {"depth": 60, "batch_size": None}, "arnoldi": {"n_iter": 40, "rank": 20}, "trak": {"proj_dim": 32}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import QUIET, copy_run
 
 from explorer.trust import counterfactual_sentence, load_trust
 from precompute.evaluation import (
@@ -18,15 +16,6 @@ from precompute.evaluation import (
     LOOSettings,
     evaluate_run,
 )
-
-QUIET = {"progress": False, "log": lambda _m: None}
-
-
-def copy_run(run: Path, dst: Path) -> Path:
-    """A private copy of a built run (without any evaluation), so tests do not share results."""
-    out = dst / run.name
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("evaluation"))
-    return out
 
 
 @pytest.fixture(scope="module")

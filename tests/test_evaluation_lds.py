@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import QUIET, copy_run
 
 from precompute.evaluation import (
     AgreementSettings,
@@ -19,15 +19,6 @@ from precompute.evaluation import (
     evaluate_run,
 )
 from precompute.evaluation.lds import lds, subset_masks
-
-QUIET = {"progress": False, "log": lambda _m: None}
-
-
-def copy_run(run: Path, dst: Path) -> Path:
-    """A private copy of a built run (without any evaluation), so tests do not share results."""
-    out = dst / run.name
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("evaluation"))
-    return out
 
 
 def only_lds(subsets: int = 30, methods=("exact",), workers: int = 1, **kw) -> EvalSettings:

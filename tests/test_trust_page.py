@@ -11,6 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
+from helpers import QUIET, copy_run
 
 from components.trust_figures import (
     agreement_figure,
@@ -28,16 +29,6 @@ from precompute.evaluation import (
     LOOSettings,
     evaluate_run,
 )
-
-QUIET = {"progress": False, "log": lambda _m: None}
-
-
-def copy_run(run: Path, dst: Path) -> Path:
-    """A private copy of a built run (without any evaluation), so tests do not share results."""
-    out = dst / run.name
-    shutil.copytree(run, out, ignore=shutil.ignore_patterns("evaluation"))
-    return out
-
 
 PAGE = Path(__file__).resolve().parent.parent / "explorer" / "pages" / "trust.py"
 
