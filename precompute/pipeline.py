@@ -27,7 +27,7 @@ from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence.runner import compute_self_influence, compute_train_factors, score_blocks
 from precompute.models import build_model, count_parameters, penultimate_features
 from precompute.params import ParamSpace, select_parameters
-from precompute.training import Checkpoint, TrainResult, evaluate, train_model
+from precompute.training import Checkpoint, TrainResult, train_model
 from precompute.user_model import check_output_size, load_user_model
 
 
@@ -243,8 +243,10 @@ def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info,
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().numpy().tobytes())
-    test_loss, test_acc = evaluate(model, *_as_tensors(ds.x_test, ds.y_test, model))
-    train_loss, train_acc = evaluate(model, *_as_tensors(ds.x_train, ds.y_train, model))
+    # loss/accuracy from the predictions already computed (no second pass over the data)
+    test_loss, test_acc = float(outputs["test"]["loss"].mean()), float((outputs["test"]["pred"] == ds.y_test).mean())
+    train_loss = float(outputs["train"]["loss"].mean())
+    train_acc = float((outputs["train"]["pred"] == ds.y_train).mean())
     return {
         "name": cfg.name,
         "config": cfg.identity(),
@@ -277,8 +279,3 @@ def _model_label(cfg: RunConfig, model: torch.nn.Module) -> str:
     if cfg.model.factory:
         return cfg.model.factory.rsplit("/", 1)[-1]
     return cfg.model.arch if cfg.data.source != "python" else type(model).__name__
-
-
-def _as_tensors(x: np.ndarray, y: np.ndarray, model) -> tuple[torch.Tensor, torch.Tensor]:
-    p = next(model.parameters())
-    return torch.as_tensor(x, dtype=p.dtype, device=p.device), torch.as_tensor(y, device=p.device)
