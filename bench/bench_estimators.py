@@ -4,7 +4,8 @@ Usage: ``.venv/bin/python bench/bench_estimators.py [--models mlp,cnn] [--method
 
 Per model: train the ``digits`` sample recipe (float32), time per-sample gradients (torch.func vmap vs
 the autograd loop reference, measured in the same run), then for each method time ``fit`` + the full
-[n_test x n_train] score matrix (360 x 1,437) and sample the peak resident-memory increase. Spearman
+[n_test x n_train] score matrix (360 x 1,437) and sample the peak resident-memory increase (methods
+under 1 s: best of ``--repeats`` runs, as ``timeit`` does). Spearman
 is the mean per-test-point rank correlation with the reference: ``exact`` when the model has at most
 ``--exact-max-params`` (4,000) parameters, else converged CG (tol 1e-6, which matches exact in the tests).
 Timings on a shared CPU are noisy; re-run when a number looks off.
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--exact-max-params", type=int, default=4000)
     ap.add_argument("--loop-samples", type=int, default=300)
+    ap.add_argument("--repeats", type=int, default=5, help="best of N for methods that take under 1 s")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -148,11 +150,15 @@ def main(argv: list[str] | None = None) -> None:
             if name == "exact":  # the reference run, not repeated
                 scores, times[name], mem = ref, ref_seconds, ref_mem
             else:
-                est = get_estimator(name, BENCH_OPTIONS.get(name))
-                with PeakRSS() as mem:
-                    t0 = time.perf_counter()
-                    scores = compute_scores(est, task, xt, yt)
-                    times[name] = time.perf_counter() - t0
+                times[name] = float("inf")
+                for _ in range(args.repeats):  # best of N for the sub-second methods (timeit-style)
+                    est = get_estimator(name, BENCH_OPTIONS.get(name))
+                    with PeakRSS() as mem:
+                        t0 = time.perf_counter()
+                        scores = compute_scores(est, task, xt, yt)
+                        times[name] = min(times[name], time.perf_counter() - t0)
+                    if times[name] > 1.0:
+                        break
             rho = mean_spearman(scores, ref)
             label = name + (f" ({', '.join(f'{k}={v}' for k, v in BENCH_OPTIONS[name].items())})"
                             if name in BENCH_OPTIONS else "")

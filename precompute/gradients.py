@@ -34,12 +34,17 @@ def create_per_sample_loss_function(model: nn.Module, space: ParamSpace, loss_fn
 
 
 def create_per_sample_grad_function(model: nn.Module, space: ParamSpace, loss_fn: LossFn = cross_entropy_loss):
-    """``f(params, x [b, *input], y [b]) -> grads [b, p]`` via ``vmap(grad(.))``."""
+    """``f(params, x [b, *input], y [b], out=None) -> grads [b, p]`` via ``vmap(grad(.))``; with ``out``
+    the rows are written there (one copy instead of a concatenation per batch)."""
     sample_grad = grad(create_per_sample_loss_function(model, space, loss_fn))
     batched = vmap(sample_grad, in_dims=(None, 0, 0))
 
-    def per_sample_grads(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return space.flatten(batched(params, x, y), batch_dims=1)
+    def per_sample_grads(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+        grads = batched(params, x, y)
+        if out is None:
+            return space.flatten(grads, batch_dims=1)
+        return space.flatten_into(grads, out)
 
     return per_sample_grads
 
@@ -59,8 +64,11 @@ def per_sample_gradients(
     """
     fn = create_per_sample_grad_function(model, space, loss_fn)
     theta = params if params is not None else space.params(model)
-    out = [fn(theta, x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, space.size, dtype=next(model.parameters()).dtype)
+    ref = next(iter(theta.values()))
+    out = torch.empty(len(x), space.size, dtype=ref.dtype, device=ref.device)
+    for s in range(0, len(x), batch_size):
+        fn(theta, x[s:s + batch_size], y[s:s + batch_size], out=out[s:s + batch_size])
+    return out
 
 
 def per_sample_gradients_loop(

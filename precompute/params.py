@@ -56,6 +56,14 @@ class ParamSpace:
         parts = [tensors[n].reshape(*tensors[n].shape[:batch_dims], -1) for n in self.names]
         return torch.cat(parts, dim=-1)
 
+    def flatten_into(self, tensors: dict[str, torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+        """Write ``{name: [b, *shape]}`` into the rows ``out [b, p]`` (one copy, no concatenation)."""
+        start = 0
+        for n, k in zip(self.names, self.numels, strict=True):
+            out[:, start:start + k] = tensors[n].reshape(len(out), k)
+            start += k
+        return out
+
     def unflatten(self, vec: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split ``[*batch, p]`` back to ``{name: [*batch, *shape]}``."""
         batch = vec.shape[:-1]

@@ -15,6 +15,7 @@ from torch.func import functional_call, jacrev
 
 from precompute.errors import MethodError
 from precompute.influence import InfluenceTask, get_estimator
+from precompute.influence._kron import _patches
 from precompute.influence._toy import tiny_task
 from precompute.influence.runner import compute_train_factors
 from precompute.params import ParamSpace, select_parameters
@@ -66,7 +67,7 @@ def test_mlp_factors_equal_direct_covariances(mlp, fisher):
 
 def test_conv_factors_equal_direct_covariances(cnn):
     task, _, _ = cnn
-    est = get_estimator("kfac").fit(task)
+    est = get_estimator("kfac", {"fisher": "ggn"}).fit(task)
     conv1 = task.model[0]
     x = task.x_train
     xp = nn.functional.pad(x, (1, 1, 1, 1))
@@ -117,10 +118,11 @@ def kron_basis(f) -> torch.Tensor:
     return basis, sorted(idx.flatten().tolist())
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_ekfac_eigenvalues_are_ggn_diagonal_in_kronecker_basis(mlp, cnn, arch):
+@pytest.mark.parametrize(("arch", "replay_mb"), [("mlp", 512), ("cnn", 512), ("cnn", 0)])
+def test_ekfac_eigenvalues_are_ggn_diagonal_in_kronecker_basis(mlp, cnn, arch, replay_mb):
     task = (mlp if arch == "mlp" else cnn)[0]
-    est = get_estimator("ekfac").fit(task)
+    est = get_estimator("ekfac", {"fisher": "ggn", "replay_mb": replay_mb}).fit(task)
+    assert est.fit_info()["passes"] == (1 if replay_mb else 2)
     ggn = explicit_ggn(task)
     for f in est.factors_:
         basis, flat = kron_basis(f)
@@ -145,6 +147,32 @@ def test_preconditioner_equals_dense_solve(mlp, cnn, method, arch):
     if method == "kfac":  # K-FAC eigenvalues are the Kronecker products of the factors' eigenvalues
         f = est.factors_[0]
         assert torch.allclose(f.eig, torch.outer(f.ls, f.la))
+
+
+def test_sampled_fisher_is_an_unbiased_estimate_of_the_ggn():
+    """Each sample repeated 200 times: the sampled-label factors approach the exact-GGN ones (a model
+    trained 2 epochs, so its predictions are not near one-hot and the draws vary)."""
+    task, _, _ = tiny_task("cnn", damping=0.1, epochs=2)
+    big = InfluenceTask(task.model, task.space, task.x_train.repeat(200, 1, 1, 1), task.y_train.repeat(200),
+                        task.weight_decay, task.damping, batch_size=4000)
+    exact = get_estimator("ekfac", {"fisher": "ggn"}).fit(task).factors_
+    sampled = get_estimator("ekfac", {"fisher": "sampled", "seed": 3}).fit(big).factors_
+    for fe, fs in zip(exact, sampled, strict=True):
+        assert torch.allclose(fs.A, fe.A, atol=1e-12)  # activations do not depend on the labels
+        assert (fs.S - fe.S).norm() < 0.03 * fe.S.norm(), fe.layer.name
+        assert (fs.eig - fe.eig).norm() < 0.06 * fe.eig.norm(), fe.layer.name
+
+
+def test_sampled_fisher_is_seeded_and_replay_matches_a_second_pass(mlp):
+    task, _, _ = mlp
+    fit = lambda **kw: get_estimator("ekfac", kw).fit(task)  # noqa: E731
+    one, again, other = fit(seed=1), fit(seed=1), fit(seed=2)
+    two_pass = fit(seed=1, replay_mb=0)
+    assert (one.fit_info()["passes"], two_pass.fit_info()["passes"]) == (1, 2)
+    for a, b, c, d in zip(one.factors_, again.factors_, other.factors_, two_pass.factors_, strict=True):
+        assert torch.equal(a.S, b.S) and torch.equal(a.eig, b.eig)
+        assert not torch.allclose(a.S, c.S)
+        assert torch.allclose(a.eig, d.eig, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("method", ["kfac", "ekfac"])
@@ -180,3 +208,12 @@ def test_unsupported_layer_excluded_by_params_works():
     full = InfluenceTask(model, ParamSpace(model, select_parameters(model)), x, task.y_train, 1e-3, 0.1)
     with pytest.raises(MethodError, match="'0' \\(Embedding\\)"):
         get_estimator("ekfac").fit(full)
+
+
+@pytest.mark.parametrize("cfg", [{"kernel_size": 3, "padding": 1}, {"kernel_size": (3, 2), "padding": (1, 0), "stride": (2, 1)},
+                                 {"kernel_size": 2, "stride": 2}, {"kernel_size": 3, "dilation": 2, "padding": 2}])
+def test_conv_patches_equal_unfold(cfg):
+    conv = nn.Conv2d(3, 4, **cfg)
+    x = torch.randn(5, 3, 9, 7)
+    ref = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
+    assert torch.equal(_patches(x, conv), ref.transpose(1, 2))

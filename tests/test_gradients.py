@@ -47,3 +47,30 @@ def test_params_override_uses_given_values() -> None:
     # at theta = 0 the softmax is uniform: d loss / d bias = 1/C - onehot(y)
     expected_bias = torch.full((3, 3), 1 / 3, dtype=torch.float64) - torch.eye(3, dtype=torch.float64)
     assert torch.allclose(g[:, -3:], expected_bias)
+
+
+@pytest.mark.parametrize("budget", [1, 10**9])  # one vector per vmapped call / all vectors at once
+def test_hvp_equals_autograd_hessian_in_any_chunking(monkeypatch, budget: int) -> None:
+    import precompute.hessian as hessian
+
+    monkeypatch.setattr(hessian, "HVP_WORK_BUDGET", budget)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="cnn", hidden=[5], dtype="float64"), (1, 6, 6), 3)
+    x, y = torch.randn(11, 1, 6, 6, dtype=torch.float64), torch.randint(0, 3, (11,))
+    space = ParamSpace(model, select_parameters(model))
+    objective = hessian.create_batch_objective_function(model, space)
+    theta = space.flatten(space.params(model))
+    wd = 0.1
+    dense = torch.autograd.functional.hessian(lambda t: objective(t, x, y) / len(x) + wd / 2 * t @ t, theta)
+    hvp = hessian.create_hvp_function(model, space, x, y, wd, batch_size=4)  # 3 data batches
+    v = torch.randn(7, space.size, dtype=torch.float64)
+    assert torch.allclose(hvp(v), v @ dense, atol=1e-10)
+    assert torch.allclose(hvp(v[0]), dense @ v[0], atol=1e-10)
+
+
+def test_activation_size_counts_leaf_outputs() -> None:
+    from precompute.hessian import activation_size
+
+    model = build_model(ModelConfig(arch="mlp", hidden=[7, 5], dtype="float64"), (1, 8, 8), 4)
+    # Flatten 64 + Linear 7 + Tanh 7 + Linear 5 + Tanh 5 + Linear 4
+    assert activation_size(model, torch.zeros(1, 1, 8, 8, dtype=torch.float64)) == 64 + 7 + 7 + 5 + 5 + 4

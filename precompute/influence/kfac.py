@@ -8,24 +8,36 @@ from typing import Any, ClassVar
 import torch
 
 from precompute.errors import ConfigError
-from precompute.influence._common import as_model_dtype, gradients64, layer_scores
+from precompute.influence._common import layer_scores
 from precompute.influence._kron import KronLayer, capture, find_layers
 from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+
+FISHERS = ("sampled", "ggn", "empirical")
 
 
 @dataclass
 class KFACConfig(MethodConfig):
-    """``fisher``: ``"ggn"`` (exact expectation over the model's predictive classes = GGN, C backward
-    passes per batch) or ``"empirical"`` (the true labels, 1 backward pass); ``batch_size``: training
-    samples per factor-fitting batch (None = the run's)."""
+    """``fisher``: ``"sampled"`` (labels drawn from the model's predictive distribution: an unbiased
+    estimate of the GGN / true Fisher with 1 backward pass per batch), ``"ggn"`` (the exact expectation
+    over all C classes, C backward passes) or ``"empirical"`` (the true labels, 1 backward pass);
+    ``seed``: the label draws of ``"sampled"``; ``batch_size``: training samples per factor-fitting
+    batch (None = the run's); ``replay_mb``: EK-FAC keeps the first pass's activations and output
+    gradients in memory up to this size and refits the eigenvalues from them instead of a second
+    pass over the data (0 = always recompute)."""
 
-    fisher: str = "ggn"
+    fisher: str = "sampled"
+    seed: int = 0
     batch_size: int | None = None
+    replay_mb: int = 512
 
     def validate(self) -> KFACConfig:
         super().validate()
-        if self.fisher not in ("ggn", "empirical"):
-            raise ConfigError(f"influence.options.kfac.fisher: must be \"ggn\" or \"empirical\" (got {self.fisher!r})")
+        if self.fisher not in FISHERS:
+            raise ConfigError(f"influence.options.kfac.fisher: must be one of {', '.join(FISHERS)} (got {self.fisher!r})")
+        if not isinstance(self.seed, int):
+            raise ConfigError(f"influence.options.kfac.seed: must be an integer (got {self.seed!r})")
+        if not isinstance(self.replay_mb, int) or self.replay_mb < 0:
+            raise ConfigError(f"influence.options.kfac.replay_mb: must be an integer >= 0 (got {self.replay_mb!r})")
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"influence.options.kfac.batch_size: must be an integer >= 1 or omitted "
                               f"(got {self.batch_size!r})")
@@ -46,6 +58,14 @@ class KronFactors:
     ls: torch.Tensor
     eig: torch.Tensor
 
+    def rotation(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(qs, qa, eig)`` in ``dtype`` (cached per dtype; float32 models precondition in float32)."""
+        cache = self.__dict__.setdefault("_cast", {})
+        key = (dtype, id(self.eig))  # the EK-FAC refit replaces eig after the first cast
+        if key not in cache:
+            cache[key] = (self.qs.to(dtype), self.qa.to(dtype), self.eig.to(dtype))
+        return cache[key]
+
 
 class _KroneckerEstimator(InfluenceEstimator):
     """Shared fit and preconditioning of K-FAC and EK-FAC (block-diagonal over layers)."""
@@ -63,15 +83,25 @@ class _KroneckerEstimator(InfluenceEstimator):
         a_sum = [torch.zeros(lay.n_in, lay.n_in, **kw) for lay in layers]
         s_sum = [torch.zeros(lay.n_out, lay.n_out, **kw) for lay in layers]
         positions = [0] * len(layers)
+        replay: list[tuple[list[torch.Tensor], list[torch.Tensor], bool]] | None = (
+            [] if self.refit_eigenvalues and self.config.replay_mb > 0 else None)
+        replay_bytes = 0
 
         def accumulate(acts: list[torch.Tensor], grads: list[torch.Tensor], first: bool) -> None:
+            nonlocal replay, replay_bytes
+            if replay is not None:  # keep this batch for the eigenvalue refit while it fits the budget
+                replay_bytes += sum(t.numel() * t.element_size() for t in (*grads, *(acts if first else ())))
+                if replay_bytes > self.config.replay_mb * 2**20:
+                    replay = None
+                else:
+                    replay.append((acts, grads, first))
             for k, (a, g) in enumerate(zip(acts, grads, strict=True)):
                 if first:  # activations are shared by the C cotangents of one batch
-                    a_sum[k] += torch.einsum("bli,blj->ij", a, a)
+                    a_sum[k] += torch.einsum("bli,blj->ij", a, a).to(torch.float64)
                     positions[k] += a.shape[0] * a.shape[1]
-                s_sum[k] += torch.einsum("blo,blq->oq", g, g)
+                s_sum[k] += torch.einsum("blo,blq->oq", g, g).to(torch.float64)
 
-        capture(task, layers, self.config.fisher, bs, accumulate)
+        capture(task, layers, self.config.fisher, bs, accumulate, self.config.seed)
         self.factors_: list[KronFactors] = []
         for k, lay in enumerate(layers):
             A, S = a_sum[k] / positions[k], s_sum[k] / n  # A: mean over samples and positions; S: sum over positions
@@ -79,52 +109,61 @@ class _KroneckerEstimator(InfluenceEstimator):
             ls, qs = torch.linalg.eigh(S)
             la, ls = la.clamp_min(0), ls.clamp_min(0)
             self.factors_.append(KronFactors(lay, A, S, qa, la, qs, ls, torch.outer(ls, la)))
+        self.replayed_ = replay is not None
         if self.refit_eigenvalues:
-            self._refit(task, layers, bs)
+            self._refit(task, layers, bs, replay)
         return self
 
-    def _refit(self, task: InfluenceTask, layers: list[KronLayer], bs: int) -> None:
-        """EK-FAC: eig[o, a] = (1/n) sum_i sum_c ((Q_S^T G_ic Q_A)[o, a])^2, G_ic the per-sample gradient."""
+    def _refit(self, task: InfluenceTask, layers: list[KronLayer], bs: int,
+               replay: list[tuple[list[torch.Tensor], list[torch.Tensor], bool]] | None) -> None:
+        """EK-FAC: eig[o, a] = (1/n) sum_i sum_c ((Q_S^T G_ic Q_A)[o, a])^2, G_ic the per-sample gradient
+        (from the first pass's kept batches when they fitted ``replay_mb``, else a second pass)."""
         diag = [torch.zeros(lay.n_out, lay.n_in, dtype=torch.float64, device=task.x_train.device) for lay in layers]
 
         def accumulate(acts: list[torch.Tensor], grads: list[torch.Tensor], _first: bool) -> None:
             for k, (a, g) in enumerate(zip(acts, grads, strict=True)):
-                f = self.factors_[k]
-                gr, ar = g @ f.qs, a @ f.qa  # rotated output gradients / activations
+                qs, qa, _ = self.factors_[k].rotation(g.dtype)
+                gr, ar = g @ qs, a @ qa  # rotated output gradients / activations
                 if a.shape[1] == 1:  # one position: (Q_S^T g a^T Q_A)^2 = outer(gr^2, ar^2)
-                    diag[k] += (gr[:, 0] ** 2).T @ (ar[:, 0] ** 2)
+                    diag[k] += ((gr[:, 0] ** 2).T @ (ar[:, 0] ** 2)).to(torch.float64)
                 else:
                     rot = torch.bmm(gr.transpose(1, 2), ar)  # Q_S^T G Q_A per sample, [b, out, in']
-                    diag[k] += (rot * rot).sum(0)
+                    diag[k] += (rot * rot).sum(0).to(torch.float64)
 
-        capture(task, layers, self.config.fisher, bs, accumulate)
+        if replay is not None:
+            for acts, grads, first in replay:
+                accumulate(acts, grads, first)
+        else:
+            capture(task, layers, self.config.fisher, bs, accumulate, self.config.seed)
         for f, d in zip(self.factors_, diag, strict=True):
             f.eig = d / task.n_train
 
     def precondition(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, p] -> [b, p]``: per layer, Q (diag(eig) + (weight_decay + lambda) I)^-1 Q^T g, Q = Q_A (x) Q_S."""
+        """``[b, p] -> [b, p]``: per layer, Q (diag(eig) + (weight_decay + lambda) I)^-1 Q^T g, Q = Q_A (x) Q_S.
+
+        Runs in ``g``'s dtype (the factors are kept in float64 and cast once per dtype)."""
         task = self._require_fit()
         out = torch.empty_like(g)
         shift = task.weight_decay + self.lam_
         for f in self.factors_:
-            m = f.layer.to_matrix(g)
-            rot = f.qs.T @ m @ f.qa / (f.eig + shift)
-            f.layer.put_matrix(f.qs @ rot @ f.qa.T, out)
+            qs, qa, eig = f.rotation(g.dtype)
+            rot = qs.T @ f.layer.to_matrix(g) @ qa / (eig + shift)
+            f.layer.put_matrix(qs @ rot @ qa.T, out)
         return out
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._require_fit().gradients(x, y)
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        task = self._require_fit()
-        return as_model_dtype(task, self.precondition(gradients64(task, x, y)))
+        return self.precondition(self._require_fit().gradients(x, y))
 
     def layer_scores(self, query: torch.Tensor, train: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: [b_test, b_train]}``; they sum to ``scores(query, train)``."""
         return layer_scores(self._require_fit().space.layer_slices(), query, train)
 
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lam_, "fisher": self.config.fisher, "layers": [f.layer.name for f in self.factors_],
+        return {"damping": self.lam_, "fisher": self.config.fisher, "passes": 2 if self.refit_eigenvalues and not self.replayed_ else 1,
+                "layers": [f.layer.name for f in self.factors_],
                 "eigenvalue_max": max(float(f.eig.max()) for f in self.factors_),
                 "eigenvalue_mean": float(torch.cat([f.eig.flatten() for f in self.factors_]).mean())}
 
