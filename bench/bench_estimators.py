@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> None:
             rho = mean_spearman(scores, ref)
             label = name + (f" ({', '.join(f'{k}={v}' for k, v in BENCH_OPTIONS[name].items())})"
                             if name in BENCH_OPTIONS else "")
-            rows.append(f"| {arch} | {label} | {times[name]:.2f} | {mem.peak:.0f} | | | {rho:.3f} |")
+            rows.append(f"| {arch} | {label} | {times[name]:.3g} | {mem.peak:.0f} | | | {rho:.3f} |")
             print(rows[-1], file=sys.stderr, flush=True)
         if "ekfac" in times and "graddot" in times:
-            notes.append(f"{arch}: EK-FAC / graddot wall-time ratio = {times['ekfac'] / times['graddot']:.1f}")
+            notes.append(f"{arch}: EK-FAC / graddot wall-time ratio = {times['ekfac'] / times['graddot']:.2f}")
     print("\n".join(rows))
     print()
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs visible")

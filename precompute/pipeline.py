@@ -175,7 +175,7 @@ def _run_method(name, est, task, x_te, y_te, writer, cfg, progress) -> dict[str,
         sink.write_rows(s, block)
         bar.update(len(block))
     bar.close()
-    sink.close(compute_self_influence(est, task, tb))
+    sink.close(compute_self_influence(est, task, tb, train_f))
     return {"config": est.config.to_dict(), "damping": est.damping_for(task), "summary": est.summary,
             "fit": est.fit_info(), "topk": sink.k_row}
 

@@ -133,9 +133,11 @@ class InfluenceEstimator(ABC):
         """``[b_test, b_train]``, positive = proponent."""
         return query @ train.T
 
-    def self_influence(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``score(i, i)`` for training samples ``[b]`` (measurement = the training loss itself)."""
-        return (self.query_factors(x, y) * self.train_factors(x, y)).sum(dim=1)
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``score(i, i)`` for training samples ``[b]`` (measurement = the training loss itself);
+        ``train [b, d]``: their train factors when already computed (skips recomputing them)."""
+        t = self.train_factors(x, y) if train is None else train
+        return (self.query_factors(x, y) * t).sum(dim=1)
 
     def fit_info(self) -> dict[str, Any]:
         """Facts about the fit worth recording in the manifest (e.g. eigenvalue range)."""

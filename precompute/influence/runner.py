@@ -34,9 +34,12 @@ def score_blocks(est: InfluenceEstimator, train_factors: torch.Tensor, x_test: t
         yield s, est.scores(q, train_factors).detach().to("cpu", torch.float32).numpy()
 
 
-def compute_self_influence(est: InfluenceEstimator, task: InfluenceTask, batch_size: int) -> np.ndarray:
-    """``score(i, i)`` for every training sample, ``[n_train]`` float64 numpy."""
-    parts = [est.self_influence(task.x_train[s:s + batch_size], task.y_train[s:s + batch_size])
+def compute_self_influence(est: InfluenceEstimator, task: InfluenceTask, batch_size: int,
+                           train_factors: torch.Tensor | None = None) -> np.ndarray:
+    """``score(i, i)`` for every training sample, ``[n_train]`` float64 numpy; pass the run's
+    ``train_factors [n_train, d]`` to reuse them (then only the query side is computed)."""
+    parts = [est.self_influence(task.x_train[s:s + batch_size], task.y_train[s:s + batch_size],
+                                None if train_factors is None else train_factors[s:s + batch_size])
              for s in range(0, task.n_train, batch_size)]
     return torch.cat(parts).detach().to("cpu", torch.float64).numpy()
 
