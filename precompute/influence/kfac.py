@@ -162,7 +162,8 @@ class _KroneckerEstimator(InfluenceEstimator):
         return layer_scores(self._require_fit().space.layer_slices(), query, train)
 
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lam_, "fisher": self.config.fisher, "passes": 2 if self.refit_eigenvalues and not self.replayed_ else 1,
+        passes = 2 if self.refit_eigenvalues and not self.replayed_ else 1
+        return {"damping": self.lam_, "fisher": self.config.fisher, "passes": passes,
                 "layers": [f.layer.name for f in self.factors_],
                 "eigenvalue_max": max(float(f.eig.max()) for f in self.factors_),
                 "eigenvalue_mean": float(torch.cat([f.eig.flatten() for f in self.factors_]).mean())}
@@ -173,9 +174,10 @@ class KFAC(_KroneckerEstimator):
     """score(t, i) = sum_layers g_t^T (A (x) S + (wd + lambda) I)^-1 g_i, per Linear/Conv2d layer.
 
     A = E[a a^T] (layer inputs with a 1 appended for the bias; Conv2d: unfold patches, averaged over
-    positions), S = E[sum_positions d d^T] (output gradients under the GGN / Fisher). Inverse via the
-    eigendecompositions of A and S: fit is one forward + C backward passes over the training set plus
-    O(in^3 + out^3) per layer, then a query costs one gradient and two small matmuls per layer.
+    positions), S = E[sum_positions d d^T] (output gradients under the Fisher: sampled labels by
+    default). Inverse via the eigendecompositions of A and S: fit is one forward + backward pass over
+    the training set (C backwards for ``fisher="ggn"``) plus O(in^3 + out^3) per layer, then a query
+    costs one gradient and two small matmuls per layer.
     Cheapest curvature-aware method; ignores cross-layer curvature and the non-GGN Hessian term.
     """
 
@@ -188,8 +190,9 @@ class EKFAC(_KroneckerEstimator):
     """K-FAC with the eigenvalues refitted in the Kronecker eigenbasis (George et al. 2018).
 
     eig[o, a] = E[((Q_S^T G Q_A)[o, a])^2]: the exact diagonal of the GGN expressed in the basis
-    Q_A (x) Q_S, which is the best diagonal there (Frobenius); damping as in K-FAC. Costs one more pass
-    over the training set than K-FAC. The default Kronecker method (Grosse et al. 2023).
+    Q_A (x) Q_S, which is the best diagonal there (Frobenius); damping as in K-FAC. The refit replays
+    the fitting pass from memory (``replay_mb``; else a second pass), so it costs about what K-FAC
+    does. The default Kronecker method (Grosse et al. 2023).
     """
 
     name = "ekfac"
