@@ -76,6 +76,8 @@ def test_self_influence_is_the_diagonal(mlp, method):
 def test_batch_size_and_chunking_do_not_change_scores(mlp, method):
     task, xs, ys = mlp
     opts = {"depth": 20, "batch_size": None} if method == "lissa" else None  # same sums, fewer steps
+    if method == "cg":  # block CG's Krylov space depends on the test batch; answers agree to tol
+        opts = {"tol": 1e-10, "max_iter": 500}
     ref = scores_of(method, task, xs, ys, opts, train_batch_size=512, test_batch_size=256)
     other = dataclasses.replace(task, batch_size=7)
     chunked = scores_of(method, other, xs, ys, opts, train_batch_size=9, test_batch_size=4)

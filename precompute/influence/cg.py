@@ -15,12 +15,15 @@ from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodC
 
 @dataclass
 class CGConfig(MethodConfig):
-    """``tol``: stop a column when ||r|| <= tol * ||g|| (relative residual); ``max_iter``: HVP passes
-    per test batch at most; ``hvp_batch_size``: training samples per HVP chunk (None = the run's)."""
+    """``tol``: stop when ||r|| <= tol * ||g|| (relative residual) for every column; ``max_iter``: HVP
+    passes per test batch at most; ``hvp_batch_size``: training samples per HVP chunk (None = the
+    run's); ``block``: block CG over each test batch (shared Krylov space, far fewer steps) instead of
+    one independent CG per test point."""
 
     tol: float = 1e-3
     max_iter: int = 100
     hvp_batch_size: int | None = None
+    block: bool = True
 
     def validate(self) -> CGConfig:
         super().validate()
@@ -31,7 +34,48 @@ class CGConfig(MethodConfig):
         if self.hvp_batch_size is not None and (not isinstance(self.hvp_batch_size, int) or self.hvp_batch_size < 1):
             raise ConfigError("influence.options.cg.hvp_batch_size: must be an integer >= 1 or omitted "
                               f"(got {self.hvp_batch_size!r})")
+        if not isinstance(self.block, bool):
+            raise ConfigError(f"influence.options.cg.block: must be true or false (got {self.block!r})")
         return self
+
+
+def _indefinite(value: float) -> MethodError:
+    return MethodError(f"cg: H + lambda I has non-positive curvature (p^T A p = {value:.3g}); the Hessian is "
+                       "indefinite here; raise influence.damping (or use \"auto\")")
+
+
+def block_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Solve ``A X = B`` for all rows of ``b [k, p]`` at once by block CG (Dubrulle 2001, DR-BCG).
+
+    The k right-hand sides share one block Krylov space; the residual block is kept as ``Q C`` with
+    Q orthonormal (QR each step), which avoids the breakdown of the plain block recurrence when the
+    residuals become nearly dependent. Convergence is governed by the spectrum *below* the k-th
+    largest eigenvalue, so a block of a few hundred test points converges in a few steps where
+    independent CG needs tens. Each step costs one batched HVP of ``min(k, p)`` vectors. Raises
+    MethodError if ``S^T A S`` is not positive definite. Returns ``(X [k, p], stats)``.
+    """
+    B = b.T
+    bn = B.norm(dim=0).clamp_min(1e-300)
+    x = torch.zeros_like(B)
+    q, c = torch.linalg.qr(B)  # B = Q C, Q [p, m] orthonormal, m = min(p, k)
+    s = q
+    rel = c.norm(dim=0) / bn  # ||Q C_j|| = ||C_j||
+    iters = 0
+    while iters < max_iter and len(rel) and rel.max() > tol:
+        iters += 1
+        t = matvec(s.T).T  # A S, [p, m]
+        m = s.T @ t
+        chol, info = torch.linalg.cholesky_ex(0.5 * (m + m.T))
+        if info:
+            raise _indefinite(float(torch.linalg.eigvalsh(0.5 * (m + m.T)).min()))
+        xi = torch.cholesky_inverse(chol)
+        x += s @ (xi @ c)
+        q, zeta = torch.linalg.qr(q - t @ xi)
+        s = q + s @ zeta.T
+        c = zeta @ c
+        rel = c.norm(dim=0) / bn
+    worst = float(rel.max()) if len(rel) else 0.0
+    return x.T, {"iterations": iters, "max_relative_residual": worst, "unconverged": int((rel > tol).sum())}
 
 
 def batched_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -53,8 +97,7 @@ def batched_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tu
         ap = matvec(pa)
         curv = (pa * ap).sum(1)
         if (curv <= 0).any():
-            raise MethodError(f"cg: H + lambda I has non-positive curvature (p^T A p = {curv.min().item():.3g}); "
-                              "the Hessian is indefinite here; raise influence.damping (or use \"auto\")")
+            raise _indefinite(curv.min().item())
         alpha = rs[active] / curv
         x[active] += alpha[:, None] * pa
         r[active] -= alpha[:, None] * ap
@@ -72,8 +115,10 @@ class ConjugateGradient(InfluenceEstimator):
     """score(t, i) = s_t . g_i with s_t solving (H + lambda I) s_t = g_t by conjugate gradient.
 
     Each CG step is one batched Hessian-vector product (torch.func jvp-of-grad, vmapped over the test
-    batch) over the n training samples: cost O(T n p) per test batch for T steps, memory O(b p), no
-    p x p matrix. T grows like sqrt(condition number of H + lambda I), so larger damping converges
+    batch) over the n training samples: cost O(T b n p) per test batch of b for T steps, memory
+    O(b p), no p x p matrix. By default the b test points are solved as one block (block CG): T then
+    depends on the spectrum below the b-th eigenvalue, a few steps on the digits CNN against ~40
+    for independent CG (``block = false``; T ~ sqrt(condition number)). Larger damping converges
     faster. Needs H + lambda I positive definite (raises otherwise). Use it when p is too large for
     the exact Hessian but you want the exact iHVP up to ``tol``; converged CG matches ``exact``.
     """
@@ -95,7 +140,8 @@ class ConjugateGradient(InfluenceEstimator):
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         task = self._require_fit()
         g = gradients64(task, x, y)
-        s, stats = batched_cg(self.matvec_, g, self.config.tol, self.config.max_iter)
+        solve = block_cg if self.config.block else batched_cg
+        s, stats = solve(self.matvec_, g, self.config.tol, self.config.max_iter)
         self.stats_["iterations"] = max(self.stats_["iterations"], stats["iterations"])
         self.stats_["max_relative_residual"] = max(self.stats_["max_relative_residual"], stats["max_relative_residual"])
         self.stats_["unconverged"] += stats["unconverged"]
