@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -86,10 +87,6 @@ def test_ground_truth_is_reused_for_a_new_method_and_extended_for_more_subsets(l
 
 
 def test_a_method_the_run_lacks_is_computed_and_scored_without_retraining(lds_run):
-    from precompute.influence import available_methods
-
-    if "cg" not in available_methods():
-        pytest.skip("cg estimator not registered")
     run, _ = lds_run
     res = evaluate_run(run, only_lds(methods=("exact", "cg")), **QUIET)
     assert res.retrained == 0
@@ -169,3 +166,23 @@ def test_cli_errors_are_one_line(tmp_path, capsys, lds_run):
     rc = main(["evaluate", str(run), "--methods", "nope", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "nope" in err and "\n" not in err
+
+
+def test_rebuilding_a_run_with_overwrite_keeps_its_ground_truth(lds_run, tmp_path):
+    """--overwrite with another method list: the retrained models survive, the old results do not."""
+    from precompute.config import apply_overrides, load_config
+    from precompute.pipeline import run_precompute
+    from sample_data import sample_config_path
+
+    run = tmp_path / lds_run[0].name
+    shutil.copytree(lds_run[0], run)  # with its evaluation/ (copy_run leaves that out)
+    assert (run / "evaluation" / "results.json").exists()
+    cfg = apply_overrides(load_config(sample_config_path("digits-logreg")),
+                          {"mislabels.enabled": False, "influence.methods": ["exact", "gradcos"]})
+    cfg.name = run.name
+    run_precompute(cfg, cache_dir=run.parent, overwrite=True, progress=False, log=lambda _m: None)
+    assert json.loads((run / "manifest.json").read_text())["config"]["influence"]["methods"] == ["exact", "gradcos"]
+    assert not (run / "evaluation" / "results.json").exists()  # it scored the replaced run
+    res = evaluate_run(run, only_lds(methods=("exact", "gradcos")), **QUIET)
+    assert res.retrained == 0
+    assert res.results["lds"]["methods"]["exact"]["lds"] == pytest.approx(lds_run[1].results["lds"]["methods"]["exact"]["lds"])

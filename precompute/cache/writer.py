@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.cache import ARRAYS_DIR, FORMAT_VERSION, MANIFEST, METHODS_DIR, SIGN_CONVENTION
+from explorer.trust import EVALUATION_DIR, GROUNDTRUTH_DIR
 from precompute.errors import CacheError
 
 
@@ -124,12 +125,24 @@ class CacheWriter:
             os.fsync(fh.fileno())
         old = None
         if self.run_dir.exists():
+            self._carry_groundtruth()
             old = self.run_dir.parent / f".{self.run_dir.name}.old-{os.getpid()}"
             os.replace(self.run_dir, old)
         os.replace(self.tmp, self.run_dir)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.run_dir
+
+
+    def _carry_groundtruth(self) -> None:
+        """Keep the replaced run's retrained-model ground truth (``evaluation/groundtruth``), which is
+        expensive and keyed by model and data fingerprints and training recipe, so entries that no
+        longer match are simply not used. Its ``results.json`` is not kept: it scored the old run."""
+        src = self.run_dir / EVALUATION_DIR / GROUNDTRUTH_DIR
+        if src.is_dir():
+            dst = self.tmp / EVALUATION_DIR / GROUNDTRUTH_DIR
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
 
 
 def _json_default(obj: Any) -> Any:
