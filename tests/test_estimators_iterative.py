@@ -67,6 +67,35 @@ def test_block_cg_solves_a_dense_system_in_fewer_steps():
                           rtol=1e-7, atol=1e-9)
 
 
+def test_recycled_directions_start_a_later_batch_closer():
+    """Block CG from the Galerkin solution in an earlier batch's directions: same answer, fewer steps."""
+    gen = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(80, 80, generator=gen, dtype=torch.float64))
+    eig = torch.cat([torch.logspace(3, 1, 10, dtype=torch.float64), torch.linspace(0.1, 0.5, 70, dtype=torch.float64)])
+    a = q @ torch.diag(eig) @ q.T
+    first, later = torch.randn(2, 12, 80, generator=gen, dtype=torch.float64)
+    keep: list = []
+    block_cg(lambda v: v @ a, first, 1e-10, 200, keep=keep)
+    w, aw = torch.cat([k[0] for k in keep], 1), torch.cat([k[1] for k in keep], 1)
+    assert torch.allclose(aw, a @ w)  # what was kept is (S, A S)
+    coef = torch.linalg.pinv(w.T @ aw) @ (w.T @ later.T)
+    start = ((w @ coef).T, later - (aw @ coef).T)
+    x_cold, cold = block_cg(lambda v: v @ a, later, 1e-10, 200)
+    x_warm, warm = block_cg(lambda v: v @ a, later, 1e-10, 200, start=start)
+    x_ref = torch.linalg.solve(a, later.T).T
+    assert torch.allclose(x_warm, x_ref, rtol=1e-7, atol=1e-9) and torch.allclose(x_cold, x_ref, rtol=1e-7, atol=1e-9)
+    assert warm["iterations"] < cold["iterations"]
+
+
+@pytest.mark.parametrize("recycle_mb", [256, 0])
+def test_cg_over_many_test_batches_matches_exact(mlp, recycle_mb):
+    task, xs, ys, exact, ref = mlp
+    est = get_estimator("cg", {"tol": 1e-8, "max_iter": 500, "recycle_mb": recycle_mb})
+    scores = compute_scores(est, task, xs, ys, test_batch_size=4)  # 4 batches; later ones start recycled
+    assert np.abs(scores - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert (est.fit_info()["recycled_directions"] > 0) == (recycle_mb > 0)
+
+
 @pytest.mark.parametrize("block", [True, False])
 def test_cg_unconverged_warns(mlp, block):
     task, xs, ys, *_ = mlp

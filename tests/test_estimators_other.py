@@ -67,7 +67,8 @@ def test_self_influence_is_the_diagonal(mlp, method):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         self_inf = compute_self_influence(est, task, 16)
-        reused = compute_self_influence(est, task, 16, compute_train_factors(est, task, 512))  # the pipeline's path
+        again = get_estimator(method, QUICK.get(method)).fit(task)  # fresh: CG recycles across calls
+        reused = compute_self_influence(again, task, 16, compute_train_factors(again, task, 512))  # the pipeline's path
     np.testing.assert_allclose(self_inf, np.diag(full), rtol=1e-5, atol=1e-6 * np.abs(full).max())
     np.testing.assert_allclose(reused, self_inf, rtol=1e-10, atol=1e-12 * np.abs(full).max())
 

@@ -18,12 +18,15 @@ class CGConfig(MethodConfig):
     """``tol``: stop when ||r|| <= tol * ||g|| (relative residual) for every column; ``max_iter``: HVP
     passes per test batch at most; ``hvp_batch_size``: training samples per HVP chunk (None = the
     run's); ``block``: block CG over each test batch (shared Krylov space, far fewer steps) instead of
-    one independent CG per test point."""
+    one independent CG per test point; ``recycle_mb``: block CG keeps the search directions of earlier
+    batches and their HVPs (up to this much memory, 0 = off) and starts each later batch from the
+    Galerkin solution in that space, which costs no HVPs."""
 
     tol: float = 1e-3
     max_iter: int = 100
     hvp_batch_size: int | None = None
     block: bool = True
+    recycle_mb: int = 256
 
     def validate(self) -> CGConfig:
         super().validate()
@@ -36,6 +39,8 @@ class CGConfig(MethodConfig):
                               f"(got {self.hvp_batch_size!r})")
         if not isinstance(self.block, bool):
             raise ConfigError(f"influence.options.cg.block: must be true or false (got {self.block!r})")
+        if not isinstance(self.recycle_mb, int) or self.recycle_mb < 0:
+            raise ConfigError(f"influence.options.cg.recycle_mb: must be an integer >= 0 (got {self.recycle_mb!r})")
         return self
 
 
@@ -44,8 +49,13 @@ def _indefinite(value: float) -> MethodError:
                        "indefinite here; raise influence.damping (or use \"auto\")")
 
 
-def block_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tuple[torch.Tensor, dict[str, Any]]:
+def block_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int,
+             start: tuple[torch.Tensor, torch.Tensor] | None = None,
+             keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """Solve ``A X = B`` for all rows of ``b [k, p]`` at once by block CG (Dubrulle 2001, DR-BCG).
+
+    ``start = (x0 [k, p], r0 [k, p])``: an initial guess and its residual ``b - A x0`` (e.g. a
+    recycled Galerkin solution); ``keep``: a list that receives ``(S [p, m], A S [p, m])`` of every step.
 
     The k right-hand sides share one block Krylov space; the residual block is kept as ``Q C`` with
     Q orthonormal (QR each step), which avoids the breakdown of the plain block recurrence when the
@@ -56,14 +66,16 @@ def block_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tupl
     """
     B = b.T
     bn = B.norm(dim=0).clamp_min(1e-300)
-    x = torch.zeros_like(B)
-    q, c = torch.linalg.qr(B)  # B = Q C, Q [p, m] orthonormal, m = min(p, k)
+    x = torch.zeros_like(B) if start is None else start[0].T.clone()
+    q, c = torch.linalg.qr(B if start is None else start[1].T)  # R0 = Q C, Q [p, m] orthonormal, m = min(p, k)
     s = q
     rel = c.norm(dim=0) / bn  # ||Q C_j|| = ||C_j||
     iters = 0
     while iters < max_iter and len(rel) and rel.max() > tol:
         iters += 1
         t = matvec(s.T).T  # A S, [p, m]
+        if keep is not None:
+            keep.append((s, t))
         m = s.T @ t
         chol, info = torch.linalg.cholesky_ex(0.5 * (m + m.T))
         if info:
@@ -131,8 +143,37 @@ class ConjugateGradient(InfluenceEstimator):
         super().fit(task)
         self.lam_ = self.damping_for(task)
         self.matvec_ = damped_hvp(task, self.lam_, batch_size=self.config.hvp_batch_size)
-        self.stats_: dict[str, Any] = {"iterations": 0, "max_relative_residual": 0.0, "unconverged": 0}
+        self.stats_: dict[str, Any] = {"iterations": 0, "max_relative_residual": 0.0, "unconverged": 0,
+                                       "recycled_directions": 0}
+        self.recycle_: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # W, A W, (W^T A W)^+
         return self
+
+    def _recycled_start(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Galerkin solution of ``A X = G`` in the kept directions and its residual; no HVPs."""
+        if self.recycle_ is None:
+            return None
+        w, aw, pinv = self.recycle_
+        coef = pinv @ (w.T @ g.T)  # [m, k]
+        return (w @ coef).T, g - (aw @ coef).T
+
+    def _recycle_cap(self, p: int) -> int:
+        """Directions kept at most: ``recycle_mb`` for W and A W in float64, and never more than p."""
+        return min(self.config.recycle_mb * 2**20 // (2 * p * 8), p)
+
+    def _recycle(self, keep: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add this solve's directions and their HVPs to the kept space, up to ``recycle_mb``."""
+        old = [] if self.recycle_ is None else [(self.recycle_[0], self.recycle_[1])]
+        w = torch.cat([s for s, _ in old + keep], dim=1)
+        aw = torch.cat([t for _, t in old + keep], dim=1)
+        cap = self._recycle_cap(w.shape[0])
+        w, aw = w[:, :cap], aw[:, :cap]
+        if w.shape[1] == 0:
+            return
+        m = w.T @ aw
+        lam, vec = torch.linalg.eigh(0.5 * (m + m.T))
+        ok = lam > lam.max() * 1e-12  # a pseudo-inverse: directions repeated across batches are dropped
+        self.recycle_ = (w, aw, (vec[:, ok] / lam[ok]) @ vec[:, ok].T)
+        self.stats_["recycled_directions"] = int(ok.sum())
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._require_fit().gradients(x, y)
@@ -140,8 +181,16 @@ class ConjugateGradient(InfluenceEstimator):
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         task = self._require_fit()
         g = gradients64(task, x, y)
-        solve = block_cg if self.config.block else batched_cg
-        s, stats = solve(self.matvec_, g, self.config.tol, self.config.max_iter)
+        if self.config.block:
+            have = 0 if self.recycle_ is None else self.recycle_[0].shape[1]
+            recycling = have < self._recycle_cap(g.shape[1])
+            keep: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if recycling else None
+            s, stats = block_cg(self.matvec_, g, self.config.tol, self.config.max_iter,
+                                start=self._recycled_start(g), keep=keep)
+            if keep:
+                self._recycle(keep)
+        else:
+            s, stats = batched_cg(self.matvec_, g, self.config.tol, self.config.max_iter)
         self.stats_["iterations"] = max(self.stats_["iterations"], stats["iterations"])
         self.stats_["max_relative_residual"] = max(self.stats_["max_relative_residual"], stats["max_relative_residual"])
         self.stats_["unconverged"] += stats["unconverged"]
