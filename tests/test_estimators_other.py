@@ -30,7 +30,8 @@ from precompute.training import train_model
 
 NEW_METHODS = ["cg", "lissa", "arnoldi", "kfac", "ekfac", "datainf", "trak", "representer"]
 #: quick settings for the methods whose defaults are sized for real runs
-QUICK = {"lissa": {"depth": 60, "batch_size": None}, "arnoldi": {"n_iter": 40, "rank": 20}, "trak": {"proj_dim": 32}}
+QUICK = {"lissa": {"depth": 60, "batch_size": None}, "arnoldi": {"n_iter": 40, "rank": 20}, "trak": {"proj_dim": 32},
+         "cg": {"tol": 1e-10, "max_iter": 500}}  # block CG answers depend on the batching at the level of tol
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -78,7 +79,7 @@ def test_batch_size_and_chunking_do_not_change_scores(mlp, method):
     task, xs, ys = mlp
     opts = {"depth": 20, "batch_size": None} if method == "lissa" else None  # same sums, fewer steps
     if method == "cg":  # block CG's Krylov space depends on the test batch; answers agree to tol
-        opts = {"tol": 1e-10, "max_iter": 500}
+        opts = QUICK["cg"]
     ref = scores_of(method, task, xs, ys, opts, train_batch_size=512, test_batch_size=256)
     other = dataclasses.replace(task, batch_size=7)
     chunked = scores_of(method, other, xs, ys, opts, train_batch_size=9, test_batch_size=4)

@@ -18,8 +18,8 @@ class CGConfig(MethodConfig):
     """``tol``: stop when ||r|| <= tol * ||g|| (relative residual) for every column; ``max_iter``: HVP
     passes per test batch at most; ``hvp_batch_size``: training samples per HVP chunk (None = the
     run's); ``block``: block CG over each test batch (shared Krylov space, far fewer steps) instead of
-    one independent CG per test point; ``recycle_mb``: block CG keeps the search directions of earlier
-    batches and their HVPs (up to this much memory, 0 = off) and starts each later batch from the
+    one independent CG per test point; ``recycle_mb``: block CG keeps the first batch's search
+    directions and their HVPs (up to this much memory, 0 = off) and starts each later batch from the
     Galerkin solution in that space, which costs no HVPs."""
 
     tol: float = 1e-3
@@ -161,10 +161,10 @@ class ConjugateGradient(InfluenceEstimator):
         return min(self.config.recycle_mb * 2**20 // (2 * p * 8), p)
 
     def _recycle(self, keep: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Add this solve's directions and their HVPs to the kept space, up to ``recycle_mb``."""
-        old = [] if self.recycle_ is None else [(self.recycle_[0], self.recycle_[1])]
-        w = torch.cat([s for s, _ in old + keep], dim=1)
-        aw = torch.cat([t for _, t in old + keep], dim=1)
+        """Keep this solve's directions and their HVPs, up to ``recycle_mb`` (one pseudo-inverse of
+        ``W^T A W``, ``[m, m]``, per fit)."""
+        w = torch.cat([s for s, _ in keep], dim=1)
+        aw = torch.cat([t for _, t in keep], dim=1)
         cap = self._recycle_cap(w.shape[0])
         w, aw = w[:, :cap], aw[:, :cap]
         if w.shape[1] == 0:
@@ -182,8 +182,7 @@ class ConjugateGradient(InfluenceEstimator):
         task = self._require_fit()
         g = gradients64(task, x, y)
         if self.config.block:
-            have = 0 if self.recycle_ is None else self.recycle_[0].shape[1]
-            recycling = have < self._recycle_cap(g.shape[1])
+            recycling = self.recycle_ is None and self._recycle_cap(g.shape[1]) > 0  # the first batch's
             keep: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if recycling else None
             s, stats = block_cg(self.matvec_, g, self.config.tol, self.config.max_iter,
                                 start=self._recycled_start(g), keep=keep)
