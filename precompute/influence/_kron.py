@@ -148,10 +148,10 @@ def output_cotangents(logits: torch.Tensor, y: torch.Tensor, fisher: str,
 def capture(task: InfluenceTask, layers: list[KronLayer], fisher: str, batch_size: int,
             fn: Callable[[list[torch.Tensor], list[torch.Tensor], bool], None], seed: int = 0) -> None:
     """For each training batch and each Fisher cotangent call ``fn(acts, grads, first)`` with
-    ``acts[k] [b, L, in']`` (in the model's dtype; callers accumulate in float64) and ``grads[k] [b, L, out]`` for every layer k (one forward; C backwards
-    for ``ggn``, one otherwise); ``first`` is True for the first cotangent of a batch (the activations
-    are the same for all). ``sampled`` labels come from a generator seeded with ``seed``, so two
-    passes see the same draws."""
+    ``acts[k] [b, L, in']`` and ``grads[k] [b, L, out]`` for every layer k, in the model's dtype
+    (callers accumulate in float64): one forward, then C backwards for ``ggn`` and one otherwise.
+    ``first`` is True for the first cotangent of a batch (the activations are the same for all).
+    ``sampled`` labels come from a generator seeded with ``seed``, so two passes see the same draws."""
     model = task.model
     generator = torch.Generator().manual_seed(seed)
     store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
