@@ -21,12 +21,11 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy.stats import rankdata
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cache_format.metrics import mean_spearman  # noqa: E402
 from precompute.config import load_config  # noqa: E402
 from precompute.data import load_dataset  # noqa: E402
 from precompute.gradients import per_sample_gradients_loop  # noqa: E402
@@ -64,13 +63,6 @@ class PeakRSS:
         self._stop = True
         self._t.join()
         self.peak = max(self.peak, rss_mb() - self.base)
-
-
-def mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
-    ra -= ra.mean(1, keepdims=True)
-    rb -= rb.mean(1, keepdims=True)
-    return float(np.mean((ra * rb).sum(1) / np.sqrt((ra ** 2).sum(1) * (rb ** 2).sum(1))))
 
 
 def build(arch: str, epochs: int) -> tuple[InfluenceTask, torch.Tensor, torch.Tensor]:

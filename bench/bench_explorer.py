@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from explorer import cache as fmt
+from cache_format import names as fmt
 from precompute.cache import CacheWriter, ScoreWriter
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,8 +22,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.cache import RunCache  # noqa: E402
-from explorer.mislabels import format_detection_table  # noqa: E402
+from cache_format.mislabels import format_detection_table  # noqa: E402
+from cache_format.runs import RunCache  # noqa: E402
 
 
 def build(cache_dir: Path, seed: int, methods: list[str] | None) -> Path:

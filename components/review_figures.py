@@ -17,7 +17,7 @@ def detection_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], chosen: s
                      height: int = 340) -> go.Figure:
     """Fraction of flipped labels found vs fraction of the training set inspected.
 
-    ``curves``: method -> (x, y) from :func:`explorer.mislabels.detection_curve`; ``chosen`` is drawn
+    ``curves``: method -> (x, y) from :func:`cache_format.mislabels.detection_curve`; ``chosen`` is drawn
     bold, the others thin, random inspection as the diagonal, and ``live`` (the reviewer's own
     progress, in the order they reviewed) with markers.
     """

@@ -1,5 +1,5 @@
 """Pure plotly builders for the Trust page (no Streamlit, no torch): inputs are the frames and dicts
-returned by :class:`explorer.trust.TrustResults`."""
+returned by :class:`cache_format.evaluation.TrustResults`."""
 
 from __future__ import annotations
 

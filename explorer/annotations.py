@@ -19,9 +19,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from cache_format.atomic import atomic_write
 
 DECISIONS = ("keep", "accept", "relabel", "unsure")
 UNDO = "undo"
@@ -218,7 +218,7 @@ class AnnotationStore:
     def export_csv(self, path: str | Path | None = None) -> str:
         text = self.export_frame().to_csv(index=False)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write(path, text)
         return text
 
     def export_json(self, path: str | Path | None = None) -> str:
@@ -227,7 +227,7 @@ class AnnotationStore:
         text = json.dumps({"format": EXPORT_FORMAT, "version": SCHEMA_VERSION, "run": self.run,
                            "exported_at": now_iso(), "decisions": records}, indent=1)
         if path is not None:
-            atomic_write_text(path, text)
+            atomic_write(path, text)
         return text
 
     def import_file(self, path: str | Path) -> int:
@@ -276,7 +276,7 @@ class AnnotationStore:
 
     def write_cleaned_labels(self, path: str | Path, given_labels: Iterable[int]) -> Path:
         """Write the cleaned labels CSV that ``precompute --labels-override FILE`` reads (atomically)."""
-        atomic_write_text(path, self.cleaned_labels(given_labels).to_csv(index=False))
+        atomic_write(path, self.cleaned_labels(given_labels).to_csv(index=False))
         return Path(path)
 
 
@@ -325,21 +325,6 @@ def read_export(path: str | Path) -> list[dict[str, Any]]:
     if all(r.get("id") is not None for r in out):
         out.sort(key=lambda r: r["id"])
     return out
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

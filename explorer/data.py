@@ -1,6 +1,6 @@
 """Per-run read helpers for the pages: memmaps opened once, small rows read on demand, thumbnails cached.
 
-A :class:`RunView` wraps one :class:`~explorer.cache.RunCache` (itself cached by ``st.cache_resource``
+A :class:`RunView` wraps one :class:`~cache_format.RunCache` (itself cached by ``st.cache_resource``
 in :mod:`explorer.state`), so everything here lives as long as the run stays open. Score matrices
 are never read whole: only single rows ``[n_train]`` and the precomputed top-k arrays.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cache_format import names as fmt
+from cache_format.runs import RunCache
 from components.images import data_uri
-from explorer import cache as fmt
-from explorer.cache import RunCache
 
 _THUMBS_MAX = 20_000
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer.cache import CacheProblem, build_command
+from cache_format.runs import CacheProblem, build_command
 
 _TITLES = {
     "missing": "This run has not been built yet",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 
 CACHE_ENV = "INFLUENCE_EXPLORER_CACHE"
 
@@ -30,7 +30,7 @@ def _open_run(path: str, mtime: float) -> RunCache:
 def open_run(name: str) -> RunCache:
     """Open run ``name`` under :func:`cache_dir`; cached until its manifest changes.
 
-    Raises :class:`explorer.cache.CacheProblem` for a missing/incomplete/unknown-version run.
+    Raises :class:`cache_format.CacheProblem` for a missing/incomplete/unknown-version run.
     """
     path = cache_dir() / name
     manifest = path / "manifest.json"

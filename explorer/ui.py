@@ -8,10 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
+from cache_format.names import SIGN_CONVENTION
+from cache_format.runs import CacheProblem, RunSummary, list_runs
 from components.cards import Card
 from components.colors import CORRECT, WRONG, class_color
 from explorer import state
-from explorer.cache import SIGN_CONVENTION, CacheProblem, RunSummary, list_runs
 from explorer.data import RunView, view
 from explorer.help import no_runs_page, problem_page
 
@@ -55,7 +56,7 @@ def method_picker(v: RunView, key: str = "w_method", label: str = "Influence met
 
     Each method shows its LDS beside its name once ``influence-explorer evaluate`` has run.
     """
-    from explorer.trust import method_label_with_lds
+    from cache_format.evaluation import method_label_with_lds
 
     wanted = state.get_param("method")
     method = state.selected_method(v.methods)

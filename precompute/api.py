@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 from precompute.config import InfluenceConfig, RunConfig, TrainConfig, load_config
 from precompute.data.tabular import arrays_to_dataset
 from precompute.pipeline import run_precompute

@@ -325,7 +325,7 @@ def apply_damping_from_eval(cfg: RunConfig, cache_dir: str | Path, out: str | Pa
     ``influence.options.<m>.damping``; ``influence.damping`` becomes the best value of the method with
     the highest LDS (used by methods without a recorded value).
     """
-    from explorer.trust import recorded_best_damping
+    from cache_format.evaluation import recorded_best_damping
 
     source = str(cfg.influence.damping).partition(":")[2]
     if source:

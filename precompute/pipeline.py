@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from explorer import cache as fmt
+from cache_format import names as fmt
 from precompute.cache import CacheWriter, ScoreWriter
 from precompute.cache.writer import existing_run_status
 from precompute.config import RunConfig

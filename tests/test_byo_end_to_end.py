@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 from precompute.api import explain
 from precompute.config import load_config
 from precompute.pipeline import run_precompute

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.cache import FORMAT_VERSION, RunCache, list_runs
+from cache_format.names import FORMAT_VERSION
+from cache_format.runs import RunCache, list_runs
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "cache-format.md"
 

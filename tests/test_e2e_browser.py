@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",

@@ -11,8 +11,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from scipy.stats import spearmanr
 
+from cache_format.metrics import mean_spearman
 from precompute.config import InfluenceConfig
 from precompute.errors import ConfigError, MethodError
 from precompute.influence import get_estimator
@@ -29,10 +29,6 @@ def mlp():
     task, xs, ys = tiny_task("mlp", damping=0.1)
     exact = get_estimator("exact").fit(task)
     return task, xs, ys, exact, compute_scores(exact, task, xs, ys)
-
-
-def mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([spearmanr(a[i], b[i])[0] for i in range(len(a))]))
 
 
 @pytest.mark.parametrize("block", [True, False])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from helpers import QUIET, copy_run
 
-from explorer.trust import counterfactual_sentence, load_trust
+from cache_format.evaluation import counterfactual_sentence, load_trust
 from precompute.evaluation import (
     AgreementSettings,
     BrittlenessSettings,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from explorer.cache import RunCache
+from cache_format.runs import RunCache
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 SHAPES = ("circle", "square", "triangle")

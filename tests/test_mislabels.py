@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.annotations import AnnotationStore, db_path
-from explorer.cache import RunCache
-from explorer.mislabels import (
+from cache_format.mislabels import (
     detection_curve,
     detection_report,
     found_at,
@@ -18,6 +16,8 @@ from explorer.mislabels import (
     random_baseline,
     ranking_order,
 )
+from cache_format.runs import RunCache
+from explorer.annotations import AnnotationStore, db_path
 from precompute.cli import main
 from precompute.mislabels.oof import fold_assignment
 from precompute.mislabels.ranking import (

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from cache_format.mislabels import load_mislabels
+from cache_format.runs import RunCache
 from explorer.annotations import AnnotationStore, db_path
-from explorer.cache import RunCache
-from explorer.mislabels import load_mislabels
 
 PAGE = str(Path(__file__).resolve().parent.parent / "explorer" / "pages" / "review.py")
 

@@ -13,6 +13,12 @@ import plotly.graph_objects as go
 import pytest
 from helpers import QUIET, copy_run
 
+from cache_format.evaluation import (
+    counterfactual_sentence,
+    load_trust,
+    method_label_with_lds,
+    method_lds,
+)
 from components.trust_figures import (
     agreement_figure,
     brittleness_figure,
@@ -20,7 +26,6 @@ from components.trust_figures import (
     lds_figure,
     loo_figure,
 )
-from explorer.trust import counterfactual_sentence, load_trust, method_label_with_lds, method_lds
 from precompute.evaluation import (
     BrittlenessSettings,
     DampingSettings,
@@ -97,7 +102,7 @@ def test_figures_are_plain_plotly(trust_cache):
 
 
 def test_reader_and_figures_do_not_import_torch():
-    code = ("import sys, explorer.trust, components.trust_figures, precompute.evaluation.cli; "
+    code = ("import sys, cache_format.evaluation, components.trust_figures, precompute.evaluation.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PAGE.parent.parent.parent)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cache_format.metrics import spearman, topk_overlap, topk_shared
 from components.figures import method_scatter_figure
-from components.metrics import spearman, topk_overlap
 from explorer import state, ui
 from explorer.data import RunView, TopK
 
@@ -64,12 +64,12 @@ def main() -> None:
                 f"({float(row['confidence']):.0%}).", unsafe_allow_html=True)
     ta, tb = v.top(a, test, k), v.top(b, test, k)
     sa, sb = v.score_row(a, test), v.score_row(b, test)
-    n_pro, j_pro = topk_overlap(ta.pro, tb.pro)
-    n_opp, j_opp = topk_overlap(ta.opp, tb.opp)
     rho = spearman(sa, sb)
     m1, m2, m3 = st.columns(3)
-    m1.metric("Proponents shared", f"{n_pro} / {len(ta.pro)}", help=f"Jaccard {j_pro:.2f}")
-    m2.metric("Opponents shared", f"{n_opp} / {len(ta.opp)}", help=f"Jaccard {j_opp:.2f}")
+    m1.metric("Proponents shared", f"{topk_shared(ta.pro, tb.pro)} / {len(ta.pro)}",
+              help=f"top-k overlap {topk_overlap(ta.pro, tb.pro):.2f}: the share of A's top {len(ta.pro)} also in B's")
+    m2.metric("Opponents shared", f"{topk_shared(ta.opp, tb.opp)} / {len(ta.opp)}",
+              help=f"top-k overlap {topk_overlap(ta.opp, tb.opp):.2f}: the share of A's top {len(ta.opp)} also in B's")
     m3.metric("Rank correlation (Spearman)", f"{rho:+.2f}", help=f"over all {v.n_train:,} training samples")
     st.markdown(ui.SIGN_LINE)
     for which, title in (("pro", ":blue[Proponents]"), ("opp", ":red[Opponents]")):

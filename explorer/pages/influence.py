@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cache_format.evaluation import counterfactual_sentence
+from cache_format.names import SELF_INFLUENCE, TRAIN_NET_INFLUENCE
 from components.cards import card_grid
 from components.figures import probability_figure
 from explorer import state, ui
-from explorer.cache import SELF_INFLUENCE, TRAIN_NET_INFLUENCE
 from explorer.data import RunView
-from explorer.trust import counterfactual_sentence
 
 CARDS_PER_ROW = 4
 

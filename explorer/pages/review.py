@@ -11,23 +11,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from components.review_figures import detection_figure, live_curve, progress_figure
-from explorer.annotations import AnnotationError, AnnotationStore, db_path
-from explorer.cache import (
+from cache_format.mislabels import MislabelData, describe_method, detection_curve, load_mislabels
+from cache_format.names import (
+    SELF_PREFIX,
     TEST_IMAGES,
     TRAIN_IMAGES,
     TRAIN_TOP_HURT,
     TRAIN_TOP_HURT_SCORES,
-    CacheProblem,
-    list_runs,
 )
-from explorer.mislabels import (
-    SELF_PREFIX,
-    MislabelData,
-    describe_method,
-    detection_curve,
-    load_mislabels,
-)
+from cache_format.runs import CacheProblem, list_runs
+from components.review_figures import detection_figure, live_curve, progress_figure
+from explorer.annotations import AnnotationError, AnnotationStore, db_path
 from explorer.state import cache_dir, open_run, selected_run_name
 
 STATUSES = ("pending", "reviewed", "unsure", "all")
@@ -39,7 +33,7 @@ K = "review_"  # session-state prefix
 # ------------------------------------------------------------------------------------------ data
 @st.cache_resource(show_spinner=False)
 def _mislabels(path: str, mtime: float) -> MislabelData:
-    from explorer.cache import RunCache
+    from cache_format.runs import RunCache
 
     return load_mislabels(RunCache(path))
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cache_format.runs import build_command
 from explorer import state, ui
-from explorer.cache import build_command
 from explorer.help import no_runs_page
 
 

@@ -1,7 +1,7 @@
 """Trust: how far to trust each influence method on this run, measured by ``influence-explorer evaluate``.
 
 Standalone Streamlit page (also run through ``explorer/app.py``'s navigation). The run comes from
-``?run=<name>``; everything shown is read from ``<run>/evaluation/`` by :mod:`explorer.trust`.
+``?run=<name>``; everything shown is read from ``<run>/evaluation/`` by :mod:`cache_format.evaluation`.
 """
 
 from __future__ import annotations
@@ -10,6 +10,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from cache_format.evaluation import (
+    TrustResults,
+    counterfactual_sentence,
+    evaluate_command,
+    load_trust,
+)
+from cache_format.runs import CacheProblem, list_runs
 from components.trust_figures import (
     agreement_figure,
     brittleness_figure,
@@ -17,9 +24,7 @@ from components.trust_figures import (
     lds_figure,
     loo_figure,
 )
-from explorer.cache import CacheProblem, list_runs
 from explorer.state import cache_dir, open_run, selected_run_name
-from explorer.trust import TrustResults, counterfactual_sentence, evaluate_command, load_trust
 
 
 def _fmt(v, digits: int = 3) -> str:

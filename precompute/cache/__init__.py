@@ -1,4 +1,4 @@
-"""Writing the on-disk cache (the reader is explorer.cache, which needs no torch)."""
+"""Writing the on-disk cache (the names and the reader are in cache_format, which needs no torch)."""
 
 from precompute.cache.scores import ScoreWriter, topk_sorted
 from precompute.cache.writer import CacheWriter

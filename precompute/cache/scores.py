@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer import cache as fmt
+from cache_format import names as fmt
 from precompute.cache.writer import CacheWriter
 
 

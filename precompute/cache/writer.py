@@ -13,8 +13,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explorer.cache import ARRAYS_DIR, FORMAT_VERSION, MANIFEST, METHODS_DIR, SIGN_CONVENTION
-from explorer.trust import EVALUATION_DIR, GROUNDTRUTH_DIR
+from cache_format.atomic import atomic_write_json, replace_dir
+from cache_format.names import (
+    ARRAYS_DIR,
+    EVALUATION_DIR,
+    FORMAT_VERSION,
+    GROUNDTRUTH_DIR,
+    MANIFEST,
+    METHODS_DIR,
+    SIGN_CONVENTION,
+)
 from precompute.errors import CacheError
 
 
@@ -119,19 +127,8 @@ class CacheWriter:
         """Write the manifest last, then swap the complete run into place (replacing an old one)."""
         manifest = {"format_version": FORMAT_VERSION, "sign_convention": SIGN_CONVENTION, **manifest,
                     "arrays": self.arrays, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        with open(self.tmp / MANIFEST, "w") as fh:
-            json.dump(manifest, fh, indent=2, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
-        old = None
-        if self.run_dir.exists():
-            self._carry_groundtruth()
-            old = self.run_dir.parent / f".{self.run_dir.name}.old-{os.getpid()}"
-            os.replace(self.run_dir, old)
-        os.replace(self.tmp, self.run_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.run_dir
+        atomic_write_json(self.tmp / MANIFEST, manifest, default=_json_default)
+        return replace_dir(self.tmp, self.run_dir, before_swap=lambda _old: self._carry_groundtruth())
 
 
     def _carry_groundtruth(self) -> None:

@@ -4,7 +4,7 @@
 (in a process pool) and measures, per influence method: the linear datamodeling score (LDS),
 leave-one-out agreement, counterfactual brittleness (does removing the top proponents flip the
 prediction?), damping sensitivity, and agreement between methods. Results and the retrained ground
-truth go to ``<run>/evaluation/`` (read by :mod:`explorer.trust`). See docs/evaluation.md.
+truth go to ``<run>/evaluation/`` (read by :mod:`cache_format.evaluation`). See docs/evaluation.md.
 
 Names are imported lazily so that ``precompute.evaluation.cli`` (argument parsing) stays torch-free.
 Scripts that call :func:`evaluate_run` with ``workers > 1`` need the usual ``if __name__ == "__main__":``

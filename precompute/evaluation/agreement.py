@@ -1,7 +1,8 @@
 """Method agreement: do two methods rank the training set the same way for the same test point?
 
 For every pair of methods: the mean over test points of the Spearman correlation between their score
-rows, and the mean overlap of their top-k proponents (|top_k(a) & top_k(b)| / k).
+rows, and the mean top-k overlap of their proponents (:func:`cache_format.metrics.topk_overlap`,
+|top_k(a) & top_k(b)| / k).
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
-from precompute.evaluation.lds import pearson_rows
+from cache_format.metrics import pearson_rows, rank_rows, topk_overlap
 
 
 def agreement(scores: dict[str, np.ndarray], k: int = 10, tests: int = 200, seed: int = 0) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def agreement(scores: dict[str, np.ndarray], k: int = 10, tests: int = 200, seed
     rows = np.arange(n_test)
     if tests < n_test:
         rows = np.sort(np.random.default_rng([seed, 32452843]).choice(n_test, size=tests, replace=False))
-    ranks = {m: rankdata(np.asarray(scores[m][rows], dtype=np.float64), axis=1) for m in names}
+    ranks = {m: rank_rows(np.asarray(scores[m][rows], dtype=np.float64)) for m in names}
     top = {m: np.argsort(-np.asarray(scores[m][rows], dtype=np.float64), axis=1, kind="stable")[:, :k] for m in names}
     n = len(names)
     rho = np.eye(n)
@@ -28,8 +28,7 @@ def agreement(scores: dict[str, np.ndarray], k: int = 10, tests: int = 200, seed
     for a in range(n):
         for b in range(a + 1, n):
             r = float(np.nanmean(pearson_rows(ranks[names[a]], ranks[names[b]])))
-            o = float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(top[names[a]], top[names[b]],
-                                                                             strict=True)]))
+            o = float(np.mean([topk_overlap(x, y) for x, y in zip(top[names[a]], top[names[b]], strict=True)]))
             rho[a, b] = rho[b, a] = r
             overlap[a, b] = overlap[b, a] = o
     return {"methods": names, "spearman": rho.tolist(), "topk_overlap": overlap.tolist(), "k": k,

@@ -114,7 +114,7 @@ def settings_from_args(args: argparse.Namespace):
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    from explorer.trust import load_trust
+    from cache_format.evaluation import load_trust
     from precompute.evaluation.api import evaluate_run
 
     result = evaluate_run(args.run, settings, cache_dir=args.cache_dir, progress=not args.no_progress,

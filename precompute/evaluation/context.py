@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from explorer.cache import CacheProblem, RunCache
+from cache_format.atomic import atomic_write
+from cache_format.runs import CacheProblem, RunCache
 from precompute.config import RunConfig
 from precompute.data import SplitDataset, load_dataset
 from precompute.errors import CacheError, ConfigError, ModelError
@@ -177,7 +178,6 @@ class RunContext:
         options, damping, parameter selection and model fingerprint) so later calls do not refit it."""
         import hashlib
         import json
-        import os
 
         opts = self.method_options(name)
         blob = json.dumps({"method": name, "options": opts, "damping": self.cfg.influence.damping,
@@ -196,10 +196,7 @@ class RunContext:
         self.computed_seconds[name] = round(time.perf_counter() - t0, 3)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                np.save(fh, arr)
-            os.replace(tmp, path)
+            atomic_write(path, lambda fh: np.save(fh, arr))
         except OSError:
             pass  # caching is an optimisation; the store reports unwritable folders itself
         return arr

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
 
+from cache_format.metrics import spearman_rows
 from precompute.evaluation.context import RunContext
 from precompute.evaluation.retrain import GRAD_TOL_COARSE, Retrainer, RetrainJob, derive_seed
 from precompute.evaluation.settings import LDSSettings
@@ -35,26 +35,6 @@ def subset_masks(n_train: int, fraction: float, seed: int, start: int, stop: int
         rng = np.random.default_rng([seed, s])
         out[row, rng.choice(n_train, size=size, replace=False)] = True
     return out
-
-
-def _rank_rows(a: np.ndarray) -> np.ndarray:
-    return rankdata(a, axis=1)
-
-
-def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Pearson of ``[n, m]`` arrays; NaN where a row is constant."""
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    den = np.sqrt((a * a).sum(1) * (b * b).sum(1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (a * b).sum(1) / den
-    r[~np.isfinite(r) | (den <= 1e-300)] = np.nan
-    return r
-
-
-def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise Spearman (average ranks for ties) of ``[n, m]`` arrays; NaN where a row is constant."""
-    return pearson_rows(_rank_rows(a), _rank_rows(b))
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float, float]:

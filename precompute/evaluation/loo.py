@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
+from cache_format.metrics import pearson_rows, spearman_rows
 from precompute.evaluation.context import RunContext
-from precompute.evaluation.lds import pearson_rows, spearman_rows
 from precompute.evaluation.retrain import GRAD_TOL, Retrainer, RetrainJob, keep_without
 from precompute.evaluation.settings import LOOSettings
 from precompute.evaluation.store import EvaluationStore, settings_key

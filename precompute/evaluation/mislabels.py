@@ -1,9 +1,9 @@
 """Mislabel-detection metrics for runs with injected label noise (shared with the mislabels stage).
 
 The mislabels stage of precompute already stores ROC-AUC and found@k per ranking method in the
-manifest (``manifest["mislabels"]["detection"]``, see :mod:`explorer.mislabels`); evaluation reuses
+manifest (``manifest["mislabels"]["detection"]``, see :mod:`cache_format.mislabels`); evaluation reuses
 those numbers and computes nothing. Only for runs built without that stage does it score the
-self-influence ranking of each method with the same metric functions (:func:`explorer.mislabels.detection_report`).
+self-influence ranking of each method with the same metric functions (:func:`cache_format.mislabels.detection_report`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from explorer.cache import SELF_INFLUENCE, RunCache
-from explorer.trust import read_mislabel_metrics
+from cache_format.evaluation import read_mislabel_metrics
+from cache_format.names import SELF_INFLUENCE
+from cache_format.runs import RunCache
 
 
 def mislabel_metrics(run_dir: str | Path, methods: list[str]) -> dict[str, Any] | None:
@@ -26,7 +27,7 @@ def mislabel_metrics(run_dir: str | Path, methods: list[str]) -> dict[str, Any] 
     shared = read_mislabel_metrics(cache.manifest)
     if shared is not None:
         return shared
-    from explorer.mislabels import detection_report
+    from cache_format.mislabels import detection_report
 
     flipped = cache.train_samples()["flipped"].to_numpy(bool)
     out: dict[str, Any] = {}

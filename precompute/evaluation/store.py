@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from explorer.trust import EVALUATION_DIR, GROUNDTRUTH_DIR, RESULTS, RESULTS_FORMAT
+from cache_format.atomic import atomic_write_json, replace_dir
+from cache_format.names import EVALUATION_DIR, GROUNDTRUTH_DIR, RESULTS, RESULTS_FORMAT
 from precompute.errors import CacheError
 
 GROUNDTRUTH_VERSION = 1
@@ -104,13 +105,7 @@ class EvaluationStore:
                     "dataset_fingerprint": self.dataset_fingerprint, "arrays": sorted(arrays),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-            old = None
-            if final.exists():
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -147,21 +142,10 @@ class EvaluationStore:
         return old
 
     def save_results(self, results: dict[str, Any]) -> Path:
-        path = self.root / RESULTS
-        tmp = self.root / f".{RESULTS}.tmp-{os.getpid()}"
         results = {**results, "format": RESULTS_FORMAT, "model_fingerprint": self.model_fingerprint,
                    "dataset_fingerprint": self.dataset_fingerprint,
                    "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        try:
-            with open(tmp, "w") as fh:
-                json.dump(finite(results), fh, indent=2, default=_json_default, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(self.root / RESULTS, finite(results), default=_json_default, allow_nan=False)
 
 
 def finite(obj: Any) -> Any:

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from explorer import mislabels as fmt
+from cache_format import mislabels as fmt
+from cache_format import names
 from precompute.cache import CacheWriter
 from precompute.config import RunConfig
 from precompute.data import SplitDataset
@@ -50,9 +51,9 @@ def run_mislabel_stage(cfg: RunConfig, ds: SplitDataset, model: torch.nn.Module,
     for name, s in self_influence.items():
         s = np.asarray(s, np.float64)
         if np.ptp(s) <= 1e-4 * max(np.abs(s).max(), 1e-30):
-            skipped[f"{fmt.SELF_PREFIX}{name}"] = "self-influence is constant (e.g. cosine of a gradient with itself)"
+            skipped[f"{names.SELF_PREFIX}{name}"] = "self-influence is constant (e.g. cosine of a gradient with itself)"
             continue
-        scores[f"{fmt.SELF_PREFIX}{name}"] = s
+        scores[f"{names.SELF_PREFIX}{name}"] = s
 
     t0 = time.perf_counter()
     space = ParamSpace(model, select_parameters(model, "last_layer"))
@@ -72,7 +73,7 @@ def run_mislabel_stage(cfg: RunConfig, ds: SplitDataset, model: torch.nn.Module,
         probs, _ = out_of_fold_probs(ds.x_train, y, n_classes, cfg.model, cfg.train, mc.folds, mc.seed, device, log)
         scores["cleanlab"], issues = cleanlab_scores(y, probs)
         timings["cleanlab"] = round(time.perf_counter() - t0, 3)
-        _save_npy(writer, fmt.OOF_PROBS, probs.astype(np.float32))
+        _save_npy(writer, names.OOF_PROBS, probs.astype(np.float32))
         oof_label = probs.argmax(1).astype(np.int64)
         oof_acc = float((oof_label == y).mean())
         table["cleanlab_issue"] = issues
@@ -83,8 +84,8 @@ def run_mislabel_stage(cfg: RunConfig, ds: SplitDataset, model: torch.nn.Module,
 
     t0 = time.perf_counter()
     pro, pro_s, opp, opp_s = train_topk(grads, mc.topk)
-    for rel, arr in ((fmt.PROPONENTS, pro), (fmt.PROPONENT_SCORES, pro_s), (fmt.OPPONENTS, opp),
-                     (fmt.OPPONENT_SCORES, opp_s)):
+    for rel, arr in ((names.PROPONENTS, pro), (names.PROPONENT_SCORES, pro_s), (names.OPPONENTS, opp),
+                     (names.OPPONENT_SCORES, opp_s)):
         _save_npy(writer, rel, arr)
     vote, share = neighbour_vote(outputs["arrays"]["train_features"], y, n_classes, mc.topk)
     pred = np.asarray(outputs["train"]["pred"], np.int64)
@@ -96,8 +97,8 @@ def run_mislabel_stage(cfg: RunConfig, ds: SplitDataset, model: torch.nn.Module,
     table["proponent_agreement"] = share
     table["suggested_label"] = suggested_labels(y, pred, vote)
     timings["suggestions"] = round(time.perf_counter() - t0, 3)
-    writer.path(fmt.SCORES_FILE)  # creates mislabels/
-    writer.save_parquet(fmt.SCORES_FILE, pd.DataFrame(table))
+    writer.path(names.MISLABEL_SCORES)  # creates mislabels/
+    writer.save_parquet(names.MISLABEL_SCORES, pd.DataFrame(table))
 
     methods = list(scores)
     detection = None

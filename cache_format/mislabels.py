@@ -1,8 +1,7 @@
 """Suspected-mislabel rankings in a run's cache: the on-disk names, detection metrics and a reader.
 
-Torch-free (numpy, pandas, scikit-learn metrics only): precompute imports the names and metric
-functions from here, so what precompute stores and what the review page recomputes live can never
-disagree.
+Torch-free (numpy, pandas, scikit-learn metrics only): precompute imports the metric functions from
+here, so what precompute stores and what the review page recomputes live can never disagree.
 
 Layout (written by :mod:`precompute.mislabels`)::
 
@@ -29,19 +28,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from explorer.cache import CacheProblem, RunCache, build_command
-
-MISLABELS_DIR = "mislabels"
-SCORES_FILE = "mislabels/scores.parquet"
-OOF_PROBS = "mislabels/oof_probs.npy"
-PROPONENTS, PROPONENT_SCORES = "mislabels/proponents.npy", "mislabels/proponent_scores.npy"
-OPPONENTS, OPPONENT_SCORES = "mislabels/opponents.npy", "mislabels/opponent_scores.npy"
-MANIFEST_KEY = "mislabels"
+from cache_format.names import (
+    EMBEDDING,
+    MISLABEL_SCORES,
+    MISLABELS_KEY,
+    OPPONENT_SCORES,
+    OPPONENTS,
+    PROPONENT_SCORES,
+    PROPONENTS,
+    SELF_PREFIX,
+)
+from cache_format.runs import CacheProblem, RunCache, build_command
 
 #: fractions of the training set inspected at which detection is reported
 FOUND_AT = (0.05, 0.10, 0.20, 0.30)
-#: ranking-method column prefix for self-influence of an influence method (``self_influence:exact``)
-SELF_PREFIX = "self_influence:"
 #: columns of scores.parquet that are not ranking methods
 NON_METHOD_COLUMNS = ("index", "label", "cleanlab_issue", "pred_label", "oof_label", "oof_confidence",
                       "proponent_label", "proponent_agreement", "suggested_label")
@@ -138,7 +138,7 @@ class MislabelData:
 
     @cached_property
     def info(self) -> dict[str, Any]:
-        info = self.run.manifest.get(MANIFEST_KEY)
+        info = self.run.manifest.get(MISLABELS_KEY)
         if not info:
             raise CacheProblem("incomplete", self.path, f"run {self.run.name} has no mislabel rankings. Rebuild it "
                                f"with mislabels enabled: {build_command(self.run.name)} --overwrite")
@@ -147,11 +147,7 @@ class MislabelData:
     @cached_property
     def table(self) -> pd.DataFrame:
         """scores.parquet indexed by training index."""
-        path = self.path / SCORES_FILE
-        if not path.is_file():
-            raise CacheProblem("incomplete", self.path, f"{path} is missing. Rebuild with: "
-                               f"{build_command(self.run.name)} --overwrite")
-        return pd.read_parquet(path).set_index("index", drop=False)
+        return pd.read_parquet(self.run.require_file(MISLABEL_SCORES)).set_index("index", drop=False)
 
     @property
     def methods(self) -> list[str]:
@@ -165,20 +161,13 @@ class MislabelData:
     def detection(self) -> dict[str, dict[str, float]] | None:
         return self.info.get("detection")
 
-    def _npy(self, rel: str) -> np.ndarray:
-        path = self.path / rel
-        if not path.is_file():
-            raise CacheProblem("incomplete", self.path, f"{path} is missing. Rebuild with: "
-                               f"{build_command(self.run.name)} --overwrite")
-        return np.load(path, mmap_mode="r")
-
     @cached_property
     def proponents(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._npy(PROPONENTS), self._npy(PROPONENT_SCORES)
+        return self.run.load_npy(PROPONENTS), self.run.load_npy(PROPONENT_SCORES)
 
     @cached_property
     def opponents(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._npy(OPPONENTS), self._npy(OPPONENT_SCORES)
+        return self.run.load_npy(OPPONENTS), self.run.load_npy(OPPONENT_SCORES)
 
     def ranking(self, method: str) -> pd.DataFrame:
         """Training samples in ranking order of ``method``: index, score, rank (1 = most suspicious)."""
@@ -197,8 +186,6 @@ class MislabelData:
 
     def embedding_neighbors(self, i: int, k: int = 6) -> np.ndarray:
         """The ``k`` training samples nearest to training sample ``i`` in the run's 2-D embedding."""
-        from explorer.cache import EMBEDDING
-
         emb = np.asarray(self.run.array(EMBEDDING)[: self.run.n_train], np.float64)
         d = ((emb - emb[i]) ** 2).sum(1)
         d[i] = np.inf

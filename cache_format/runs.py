@@ -1,13 +1,7 @@
-"""The on-disk cache contract and its reader: numpy, pandas and json only (no torch).
+"""Finding, validating and reading runs: numpy, pandas and json only (no torch).
 
-One directory per run (see docs/cache-format.md)::
-
-    <cache-dir>/<run>/manifest.json             written last: its presence marks a complete run
-    <cache-dir>/<run>/samples.parquet           one row per sample (train rows first, then test)
-    <cache-dir>/<run>/arrays/<name>.npy          images, probabilities, features, embedding
-    <cache-dir>/<run>/methods/<method>/<name>.npy  scores [n_test, n_train], top-k, self-influence
-
-precompute's writer imports the names below, so writer and reader cannot drift apart.
+The names of every file are in :mod:`cache_format.names`; a run is a direct child of the cache
+folder, chosen by name only (:func:`run_dir`), and its manifest is checked before anything is read.
 """
 
 from __future__ import annotations
@@ -21,27 +15,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SAMPLES = "samples.parquet"
-ARRAYS_DIR = "arrays"
-METHODS_DIR = "methods"
-SIGN_CONVENTION = "positive score = proponent: up-weighting the training sample lowers the test loss"
-
-# arrays/<name>.npy
-TRAIN_IMAGES, TEST_IMAGES = "train_images", "test_images"  # uint8 [n, H, W] or [n, H, W, 3]
-TRAIN_PROBS, TEST_PROBS = "train_probs", "test_probs"  # float32 [n, n_classes]
-TRAIN_FEATURES, TEST_FEATURES = "train_features", "test_features"  # float32 [n, d] penultimate layer
-EMBEDDING = "embedding"  # float32 [n_train + n_test, 2] UMAP, train rows first
-
-# methods/<method>/<name>.npy
-SCORES = "scores"  # float32 [n_test, n_train]
-TOP_PROPONENTS, TOP_PROPONENT_SCORES = "top_proponents", "top_proponent_scores"  # [n_test, k] best first
-TOP_OPPONENTS, TOP_OPPONENT_SCORES = "top_opponents", "top_opponent_scores"  # [n_test, k] most negative first
-SELF_INFLUENCE = "self_influence"  # float32 [n_train]
-TRAIN_NET_INFLUENCE = "train_net_influence"  # float32 [n_train] mean score over the test set
-TRAIN_TOP_HELPED, TRAIN_TOP_HELPED_SCORES = "train_top_helped", "train_top_helped_scores"  # [n_train, k] test ids
-TRAIN_TOP_HURT, TRAIN_TOP_HURT_SCORES = "train_top_hurt", "train_top_hurt_scores"  # [n_train, k] test ids
+from cache_format.names import (
+    ARRAYS_DIR,
+    FORMAT_VERSION,
+    MANIFEST,
+    METHODS_DIR,
+    SAMPLES,
+    SCORES,
+    is_safe_name,
+)
 
 
 def build_command(run: str) -> str:
@@ -52,7 +34,8 @@ def build_command(run: str) -> str:
 
 
 class CacheProblem(Exception):
-    """A run directory that cannot be read; ``kind`` is 'missing', 'incomplete' or 'version'."""
+    """A run directory that cannot be read; ``kind`` is 'missing', 'incomplete', 'version', 'damaged'
+    or 'invalid' (a name that is not a run name)."""
 
     def __init__(self, kind: str, path: Path, message: str):
         super().__init__(message)
@@ -75,6 +58,48 @@ class RunSummary:
     n_test: int = 0
 
 
+def run_dir(cache_dir: str | Path, name: str) -> Path:
+    """The folder of run ``name``: a direct child of ``cache_dir``, by name only.
+
+    Raises :class:`CacheProblem` ("invalid") for anything that is not a plain folder name (absolute
+    paths, ``..``, separators, hidden names), so a URL or a manifest can never point outside the cache.
+    """
+    if not is_safe_name(name):
+        raise CacheProblem("invalid", Path(cache_dir), f"{name!r} is not a run name (letters, digits, '-', '_' "
+                           "and '.' only, not starting with '.'); pick a run from the Runs page")
+    return Path(cache_dir) / name
+
+
+def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """Check the fields every reader relies on; returns the manifest or raises :class:`CacheProblem`."""
+    def bad(field: str, why: str) -> CacheProblem:
+        return CacheProblem("damaged", path.parent, f"{path}: field {field!r} {why}. Rebuild it with: "
+                            f"{build_command(path.parent.name)} --overwrite")
+
+    if not isinstance(manifest, dict):
+        raise bad("(top level)", "is not a JSON object")
+    ds = manifest.get("dataset")
+    if not isinstance(ds, dict):
+        raise bad("dataset", "is missing or not an object")
+    for key in ("n_train", "n_test"):
+        if not isinstance(ds.get(key), int) or isinstance(ds.get(key), bool) or ds[key] < 0:
+            raise bad(f"dataset.{key}", "is missing or not an integer >= 0")
+    names = ds.get("class_names")
+    if not isinstance(names, list) or not names:
+        raise bad("dataset.class_names", "is missing or empty")
+    if not isinstance(manifest.get("model"), dict):
+        raise bad("model", "is missing or not an object")
+    methods = manifest.get("methods")
+    if not isinstance(methods, dict):
+        raise bad("methods", "is missing or not an object")
+    for m in methods:
+        if not is_safe_name(m):
+            raise bad("methods", f"names {m!r}, which is not a method name")
+    if not is_safe_name(manifest.get("name")):
+        raise bad("name", "is missing or not a run name")
+    return manifest
+
+
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """Load and check a run's manifest; raises :class:`CacheProblem` with a user-facing message."""
     run_dir = Path(run_dir)
@@ -86,14 +111,14 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
                            f"Rebuild it with: {build_command(run_dir.name)} --overwrite")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         raise CacheProblem("incomplete", run_dir, f"{path} is unreadable ({exc}). "
                            f"Rebuild it with: {build_command(run_dir.name)} --overwrite") from None
-    version = manifest.get("format_version")
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
         raise CacheProblem("version", run_dir, f"{path} has cache format version {version!r}; this explorer reads "
                            f"version {FORMAT_VERSION}. Rebuild it with: {build_command(run_dir.name)} --overwrite")
-    return manifest
+    return validate_manifest(manifest, path)
 
 
 def list_runs(cache_dir: str | Path) -> list[RunSummary]:
@@ -109,7 +134,7 @@ def list_runs(cache_dir: str | Path) -> list[RunSummary]:
             out.append(RunSummary(name=d.name, path=d, ok=False, problem=exc.message))
             continue
         out.append(RunSummary(
-            name=d.name, path=d, ok=True, dataset=m["dataset"]["name"], model=m["model"]["arch"],
+            name=d.name, path=d, ok=True, dataset=str(m["dataset"].get("name", "")), model=str(m["model"].get("arch", "")),
             test_accuracy=m["model"].get("test_accuracy"), methods=tuple(m["methods"]),
             n_train=m["dataset"]["n_train"], n_test=m["dataset"]["n_test"],
         ))
@@ -156,21 +181,26 @@ class RunCache:
 
     def array(self, name: str) -> np.ndarray:
         """A run-level array (``arrays/<name>.npy``), memory-mapped read-only."""
-        return self._load(Path(ARRAYS_DIR) / f"{name}.npy")
+        return self.load_npy(Path(ARRAYS_DIR) / f"{name}.npy")
 
     def method_array(self, method: str, name: str) -> np.ndarray:
         """A per-method array (``methods/<method>/<name>.npy``), memory-mapped read-only."""
         if method not in self.manifest["methods"]:
             raise KeyError(f"method {method!r} is not in run {self.name}; it has {self.methods}")
-        return self._load(Path(METHODS_DIR) / method / f"{name}.npy")
+        return self.load_npy(Path(METHODS_DIR) / method / f"{name}.npy")
 
     def scores(self, method: str) -> np.ndarray:
         """``[n_test, n_train]`` float32 memmap; positive = proponent."""
         return self.method_array(method, SCORES)
 
-    def _load(self, rel: Path) -> np.ndarray:
+    def require_file(self, rel: str | Path) -> Path:
+        """``<run>/<rel>``, which must exist; else :class:`CacheProblem` naming it and the rebuild command."""
         path = self.path / rel
         if not path.is_file():
             raise CacheProblem("incomplete", self.path, f"{path} is missing. Rebuild with: "
                                f"{build_command(self.name)} --overwrite")
-        return np.load(path, mmap_mode="r")
+        return path
+
+    def load_npy(self, rel: str | Path) -> np.ndarray:
+        """``<run>/<rel>`` (a ``.npy`` file), memory-mapped read-only (never unpickled)."""
+        return np.load(self.require_file(rel), mmap_mode="r", allow_pickle=False)

@@ -1,6 +1,6 @@
 """Torch-free reader of a run's evaluation (``influence-explorer evaluate``): how far to trust each method.
 
-Layout (written by :mod:`precompute.evaluation`; see docs/evaluation.md)::
+Layout (written by precompute's evaluation stage; see docs/evaluation.md)::
 
     <run>/evaluation/results.json               LDS, leave-one-out, brittleness, damping, agreement,
                                                 mislabel metrics; written last, atomically
@@ -21,11 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-EVALUATION_DIR = "evaluation"
-GROUNDTRUTH_DIR = "groundtruth"
-RESULTS = "results.json"
-RESULTS_FORMAT = 1
-SELF_PREFIX = "self_influence:"  # ranking-method prefix used by the mislabels stage (explorer.mislabels)
+from cache_format.names import (
+    EVALUATION_DIR,
+    GROUNDTRUTH_DIR,
+    MANIFEST,
+    METHODS_DIR,
+    RESULTS,
+    RESULTS_FORMAT,
+    SCORES,
+    SELF_PREFIX,
+    is_safe_name,
+)
 
 
 def evaluate_command(run_name: str) -> str:
@@ -53,11 +59,11 @@ def _read_json(path: str, mtime: float) -> dict[str, Any] | None:
 
 
 def _run_parts(run: Any) -> tuple[Path, dict[str, Any]]:
-    """(path, manifest) of a :class:`explorer.cache.RunCache` or of a run folder."""
+    """(path, manifest) of a :class:`cache_format.RunCache` or of a run folder."""
     if hasattr(run, "manifest") and hasattr(run, "path"):
         return Path(run.path), run.manifest
     path = Path(run)
-    return path, json.loads((path / "manifest.json").read_text())
+    return path, json.loads((path / MANIFEST).read_text())
 
 
 @dataclass
@@ -165,14 +171,17 @@ class TrustResults:
         """(predicted, actual) leave-one-out change of test loss, ``[n_test, m]`` each, for a method the
         run stores scores of; None if unavailable."""
         loo = self.part("loo")
-        d = self.path / EVALUATION_DIR / GROUNDTRUTH_DIR / f"loo-{(loo or {}).get('key')}"
-        scores_path = self.path / "methods" / method / "scores.npy"
-        if not loo or not (d / "delta_loss.npy").is_file() or not scores_path.is_file():
+        key = str((loo or {}).get("key"))
+        if not loo or not is_safe_name(method) or not is_safe_name(key):
             return None
-        idx = np.load(d / "train_index.npy")
-        actual = np.load(d / "delta_loss.npy").T
+        d = self.path / EVALUATION_DIR / GROUNDTRUTH_DIR / f"loo-{key}"
+        scores_path = self.path / METHODS_DIR / method / f"{SCORES}.npy"
+        if not (d / "delta_loss.npy").is_file() or not scores_path.is_file():
+            return None
+        idx = np.load(d / "train_index.npy", allow_pickle=False)
+        actual = np.load(d / "delta_loss.npy", allow_pickle=False).T
         n_train = int(self.manifest["dataset"]["n_train"])
-        pred = np.asarray(np.load(scores_path, mmap_mode="r")[:, idx], dtype=np.float64) / n_train
+        pred = np.asarray(np.load(scores_path, mmap_mode="r", allow_pickle=False)[:, idx], dtype=np.float64) / n_train
         return pred, actual
 
     def counterfactual(self, test_index: int, method: str | None = None) -> dict[str, Any] | None:
