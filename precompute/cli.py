@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR,
                      help="folder holding runs (default: $INFLUENCE_EXPLORER_CACHE or ./cache)")
     pre.add_argument("--out", help="exact run folder to write (overrides --cache-dir/--name)")
-    pre.add_argument("--methods", type=_csv, help="comma-separated influence methods, e.g. exact,graddot,tracin")
+    pre.add_argument("--methods", type=_csv, help="comma-separated influence methods, e.g. exact,graddot,tracin "
+                     "(`influence-explorer methods` lists them)")
     pre.add_argument("--model", dest="arch", choices=["logreg", "mlp", "cnn"], help="built-in architecture")
     pre.add_argument("--epochs", type=int)
     pre.add_argument("--lr", type=float)
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     from precompute.evaluation.cli import add_evaluate_parser
 
     add_evaluate_parser(sub, DEFAULT_CACHE_DIR)
+
+    sub.add_parser("methods", help="list the registered influence methods and what each needs and supports")
 
     app = sub.add_parser("app", help="open the explorer (Streamlit) on a cache folder")
     app.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
@@ -107,10 +110,15 @@ def _load_run_config(args: argparse.Namespace):
     })
     assert isinstance(cfg, RunConfig)
     if isinstance(cfg.influence.damping, str) and cfg.influence.damping.startswith("from-eval"):
-        from precompute.config import apply_damping_from_eval
+        from precompute.influence.from_eval import apply_damping_from_eval
 
-        apply_damping_from_eval(cfg, args.cache_dir, args.out)
-    return cfg.validate()
+        chosen = apply_damping_from_eval(cfg, args.cache_dir, args.out)
+        print("damping from evaluation: " + ", ".join(f"{m}={v}" for m, v in chosen.items()), file=sys.stderr)
+    cfg.validate()
+    from precompute.influence.registry import check_influence_config
+
+    check_influence_config(cfg.influence)
+    return cfg
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
@@ -138,6 +146,20 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(_args: argparse.Namespace) -> int:
+    """Print every registered method: name, damping scale, checkpoints, per-layer, summary."""
+    from precompute.influence.registry import registered
+
+    methods = registered()
+    width = max(len(m) for m in methods)
+    print(f"{'method':<{width}}  {'damping':<11}  {'checkpoints':<11}  {'per-layer':<9}  summary")
+    for name, cls in methods.items():
+        c = cls.capabilities
+        print(f"{name:<{width}}  {c.damping or '-':<11}  {'needed' if c.needs_checkpoints else '-':<11}  "
+              f"{'yes' if c.per_layer else '-':<9}  {cls.summary}")
+    return 0
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from streamlit.web import cli as st_cli
 
@@ -159,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             from precompute.evaluation.cli import cmd_evaluate
 
             return cmd_evaluate(args)
+        if args.command == "methods":
+            return cmd_methods(args)
         return cmd_app(args)
     except InfluenceExplorerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,12 +7,14 @@ run directory made with a different one (unless ``--overwrite``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from cache_format.names import is_safe_name
 from precompute.errors import ConfigError
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
@@ -25,6 +27,13 @@ DTYPES = ("float32", "float64")
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{key}: {msg} (got {value!r}); fix it in the config file or the matching flag")
+
+
+def check_damping(value: Any, key: str = "influence.damping") -> None:
+    """Raise ConfigError unless ``value`` is a finite number >= 0 or ``"auto"`` (the one damping check)."""
+    ok = value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool)
+                             and math.isfinite(value) and value >= 0)
+    _check(ok, key, "must be a finite number >= 0 or \"auto\"", value)
 
 
 @dataclass
@@ -179,18 +188,15 @@ class InfluenceConfig:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from precompute.influence import available_methods
-
-        known = available_methods()
+        """Types and ranges; the method names and their options are checked against the estimator
+        registry by :func:`precompute.influence.registry.check_influence_config`."""
+        _check(isinstance(self.methods, list) and all(isinstance(m, str) for m in self.methods),
+               "influence.methods", "must be a list of method names, e.g. [\"graddot\"]", self.methods)
         _check(len(self.methods) > 0, "influence.methods", "must name at least one method", self.methods)
-        for m in self.methods:
-            _check(m in known, "influence.methods", f"unknown method {m!r}; known: {known}", self.methods)
-        for m in self.options:
-            _check(m in known, "influence.options", f"options for unknown method {m!r}; known: {known}", m)
         _check(len(set(self.methods)) == len(self.methods), "influence.methods", "lists a method twice", self.methods)
-        _check(self.damping == "auto" or (isinstance(self.damping, int | float) and not isinstance(self.damping, bool)
-                                          and self.damping >= 0),
-               "influence.damping", "must be a number >= 0 or \"auto\"", self.damping)
+        _check(isinstance(self.options, dict), "influence.options", "must be a table of per-method tables",
+               self.options)
+        check_damping(self.damping)
         _check(isinstance(self.topk, int) and self.topk >= 1, "influence.topk", "must be an integer >= 1", self.topk)
         _check(self.params in ("all", "last_layer") or (isinstance(self.params, list) and self.params),
                "influence.params", "must be 'all', 'last_layer' or a list of parameter-name prefixes", self.params)
@@ -254,8 +260,8 @@ class RunConfig:
     device: str = "auto"
 
     def validate(self) -> RunConfig:
-        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name) and not self.name.startswith("."),
-               "name", "must be a non-empty folder name of letters, digits, '-', '_' or '.'", self.name)
+        _check(is_safe_name(self.name), "name",
+               "must be a non-empty folder name of letters, digits, '-', '_' or '.', not starting with '.'", self.name)
         _check(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
         for sub in (self.data, self.model, self.train, self.influence, self.embedding, self.mislabels):
             sub.validate()
@@ -314,32 +320,4 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for part in path:
             target = getattr(target, part)
         setattr(target, last, value)
-    return cfg
-
-
-def apply_damping_from_eval(cfg: RunConfig, cache_dir: str | Path, out: str | Path | None = None) -> RunConfig:
-    """Resolve ``influence.damping = "from-eval[:RUN]"`` to the best lambda recorded by ``evaluate``.
-
-    The source run is ``RUN`` (a name under ``cache_dir`` or a folder) or else the run being built
-    (``out`` or ``cache_dir/name``). Every damped method with a recorded best value gets it as its own
-    ``influence.options.<m>.damping``; ``influence.damping`` becomes the best value of the method with
-    the highest LDS (used by methods without a recorded value).
-    """
-    from cache_format.evaluation import recorded_best_damping
-
-    source = str(cfg.influence.damping).partition(":")[2]
-    if source:
-        run_dir = Path(source) if (Path(source) / "manifest.json").is_file() else Path(cache_dir) / source
-    else:
-        run_dir = Path(out) if out else Path(cache_dir) / cfg.name
-    best = recorded_best_damping(run_dir)
-    if not best:
-        raise ConfigError(f"influence.damping: 'from-eval' found no damping sensitivity in {run_dir}/evaluation/"
-                          f"results.json; run `influence-explorer evaluate {run_dir.name}` first, name the evaluated "
-                          "run with --damping from-eval:RUN, or pass a number")
-    top = max(best, key=lambda m: best[m]["best_lds"] if best[m]["best_lds"] is not None else float("-inf"))
-    cfg.influence.damping = best[top]["best"]
-    for m in cfg.influence.methods:
-        if m in best:
-            cfg.influence.options.setdefault(m, {})["damping"] = best[m]["best"]
     return cfg

@@ -24,6 +24,7 @@ from precompute.config import RunConfig
 from precompute.data import SplitDataset, load_dataset
 from precompute.errors import ConfigError
 from precompute.influence import InfluenceTask, get_estimator
+from precompute.influence.registry import check_influence_config
 from precompute.influence.runner import compute_self_influence, compute_train_factors, score_blocks
 from precompute.models import build_model, count_parameters, penultimate_features
 from precompute.params import ParamSpace, select_parameters
@@ -81,6 +82,7 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     from ``cfg.model``/``cfg.train`` or loaded from the user's ``model.factory`` + ``checkpoint``.
     """
     cfg.validate()
+    check_influence_config(cfg.influence)
     run_dir = Path(run_dir) if run_dir else Path(cache_dir) / cfg.name
     identity = cfg.identity()
     if not overwrite and existing_run_status(run_dir, identity) == "same":

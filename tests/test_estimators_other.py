@@ -1,9 +1,5 @@
-"""DataInf, TRAK and representer points, and the invariances every method must satisfy.
-
-Invariances: batch size and chunking do not change scores; self-influence equals the diagonal of the
-train x train score matrix; per-layer scores sum to the total. Sign: for every registered method the
-top proponents of a test point mostly share its label (positive score = proponent).
-"""
+"""DataInf, TRAK and representer points against their own defining properties (the invariances
+every registered method must satisfy are in test_estimator_contract.py)."""
 
 from __future__ import annotations
 
@@ -16,23 +12,13 @@ import torch
 from torch import nn
 
 from precompute.config import ModelConfig, TrainConfig
-from precompute.influence import InfluenceTask, available_methods, get_estimator
+from precompute.influence import InfluenceTask, estimator_class, get_estimator
 from precompute.influence._toy import blobs, tiny_task
-from precompute.influence.runner import (
-    compute_scores,
-    compute_self_influence,
-    compute_train_factors,
-)
+from precompute.influence.runner import compute_scores, compute_train_factors
 from precompute.influence.trak import margin
 from precompute.models import build_model
 from precompute.params import ParamSpace, select_parameters
 from precompute.training import train_model
-
-NEW_METHODS = ["cg", "lissa", "arnoldi", "kfac", "ekfac", "datainf", "trak", "representer"]
-#: quick settings for the methods whose defaults are sized for real runs
-QUICK = {"lissa": {"depth": 60, "batch_size": None}, "arnoldi": {"n_iter": 40, "rank": 20}, "trak": {"proj_dim": 32},
-         "cg": {"tol": 1e-10, "max_iter": 500}}  # block CG answers depend on the batching at the level of tol
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -43,47 +29,8 @@ def mlp():
 
 
 def scores_of(method: str, task: InfluenceTask, xs, ys, options: dict | None = None, **kw) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # LiSSA's "not converged" warning at quick settings
-        return compute_scores(get_estimator(method, options or QUICK.get(method)), task, xs, ys, **kw)
-
-
-@pytest.mark.parametrize("method", available_methods())
-def test_sign_top_proponents_share_the_label(mlp, method):
-    task, xs, ys = mlp
-    s = scores_of(method, task, xs, ys)
-    y_tr, y_te = task.y_train.numpy(), ys.numpy()
-    same = y_tr[None, :] == y_te[:, None]  # [n_test, n_train]
-    gap = np.array([s[t][same[t]].mean() - s[t][~same[t]].mean() for t in range(len(s))])
-    assert (gap > 0).mean() >= 0.8  # same-label samples score higher on average
-    top5 = np.argsort(-s, axis=1)[:, :5]
-    assert same[np.arange(len(s))[:, None], top5].mean() >= 0.5  # chance is 1/3
-
-
-@pytest.mark.parametrize("method", NEW_METHODS)
-def test_self_influence_is_the_diagonal(mlp, method):
-    task, _, _ = mlp
-    full = scores_of(method, task, task.x_train, task.y_train)
-    est = get_estimator(method, QUICK.get(method)).fit(task)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        self_inf = compute_self_influence(est, task, 16)
-        again = get_estimator(method, QUICK.get(method)).fit(task)  # fresh: CG recycles across calls
-        reused = compute_self_influence(again, task, 16, compute_train_factors(again, task, 512))  # the pipeline's path
-    np.testing.assert_allclose(self_inf, np.diag(full), rtol=1e-5, atol=1e-6 * np.abs(full).max())
-    np.testing.assert_allclose(reused, self_inf, rtol=1e-10, atol=1e-12 * np.abs(full).max())
-
-
-@pytest.mark.parametrize("method", NEW_METHODS)
-def test_batch_size_and_chunking_do_not_change_scores(mlp, method):
-    task, xs, ys = mlp
-    opts = {"depth": 20, "batch_size": None} if method == "lissa" else None  # same sums, fewer steps
-    if method == "cg":  # block CG's Krylov space depends on the test batch; answers agree to tol
-        opts = QUICK["cg"]
-    ref = scores_of(method, task, xs, ys, opts, train_batch_size=512, test_batch_size=256)
-    other = dataclasses.replace(task, batch_size=7)
-    chunked = scores_of(method, other, xs, ys, opts, train_batch_size=9, test_batch_size=4)
-    np.testing.assert_allclose(chunked, ref, rtol=1e-5, atol=1e-6 * np.abs(ref).max())
+    opts = estimator_class(method).quick_options if options is None else options
+    return compute_scores(get_estimator(method, opts), task, xs, ys, **kw)
 
 
 def test_lissa_stochastic_sampling_is_chunk_invariant(mlp):

@@ -122,7 +122,8 @@ def test_process_pool_gives_the_same_ground_truth(lds_run, tmp_path):
 
 def test_damping_sensitivity_records_best_value_and_precompute_uses_it(lds_run):
     from precompute.cli import build_parser
-    from precompute.config import apply_damping_from_eval, load_config
+    from precompute.config import load_config
+    from precompute.influence.from_eval import apply_damping_from_eval
     from sample_data import sample_config_path
 
     run, _ = lds_run

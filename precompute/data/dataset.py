@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from precompute.config import DataConfig
 from precompute.errors import DataError
 
 
@@ -75,36 +74,6 @@ def inject_label_noise(y: np.ndarray, n_classes: int, fraction: float, seed: int
     noisy[idx] = (y[idx] + offsets) % n_classes
     flipped[idx] = True
     return noisy, flipped
-
-
-def load_dataset(cfg: DataConfig) -> SplitDataset:
-    """Load and split the configured dataset, then inject label noise if asked."""
-    if cfg.source == "digits":
-        from precompute.data.digits import load_digits_split
-
-        ds = load_digits_split(cfg.test_fraction, cfg.split_seed)
-    elif cfg.source == "image_folder":
-        from precompute.data.image_folder import load_image_folder
-
-        size = tuple(cfg.image_size) if cfg.image_size else None
-        ds = load_image_folder(cfg.path, cfg.image_mode, size, cfg.test_fraction, cfg.split_seed, cfg.on_corrupt,
-                               cfg.class_names)
-    elif cfg.source == "table":
-        from precompute.data.tabular import load_table
-
-        ds = load_table(cfg.path, cfg.label_column, cfg.feature_columns, cfg.test_fraction, cfg.split_seed,
-                        cfg.class_names)
-    elif cfg.source == "npz":
-        from precompute.data.tabular import load_npz
-
-        ds = load_npz(cfg.path, cfg.class_names)
-    else:  # validated earlier; kept for a clear message if called directly
-        raise DataError(f"data.source: unknown source {cfg.source!r}")
-    if cfg.label_noise > 0:
-        ds.y_train, ds.flipped = inject_label_noise(ds.y_train_original, ds.n_classes, cfg.label_noise, cfg.noise_seed)
-    if cfg.labels_override:
-        apply_labels_override(ds, cfg.labels_override)
-    return ds
 
 
 def read_labels_override(path: str, n_train: int, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

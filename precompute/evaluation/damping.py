@@ -17,7 +17,7 @@ import numpy as np
 from precompute.errors import InfluenceExplorerError
 from precompute.evaluation.context import RunContext
 from precompute.evaluation.lds import LDSGroundTruth, lds
-from precompute.evaluation.settings import DAMPED_METHODS, DampingSettings
+from precompute.evaluation.settings import DampingSettings
 
 
 def _is_number(v: Any) -> bool:
@@ -25,10 +25,10 @@ def _is_number(v: Any) -> bool:
 
 
 def damped_methods(candidates: list[str]) -> list[str]:
-    from precompute.influence import available_methods
+    """The candidates whose estimator declares a damping (``capabilities.damping``), in order."""
+    from precompute.influence.registry import damped_methods as registry_damped
 
-    known = set(available_methods())
-    return [m for m in candidates if m in DAMPED_METHODS and m in known]
+    return registry_damped(candidates)
 
 
 def damping_test_points(n_test: int, n: int, seed: int) -> np.ndarray:

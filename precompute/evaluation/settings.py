@@ -14,9 +14,6 @@ from typing import Any
 from precompute.errors import ConfigError
 
 RETRAIN_MODES = ("auto", "warm", "recipe")
-#: methods whose scores depend on the damping lambda in (H + lambda I); only those present in the
-#: estimator registry are used.
-DAMPED_METHODS = ("exact", "cg", "lissa", "arnoldi", "ekfac", "kfac", "datainf")
 
 
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:

@@ -1,35 +1,33 @@
-"""Influence estimators, registered by name for ``--methods``.
+"""Influence estimators, one module each, found by the registry (:mod:`precompute.influence.registry`).
 
-Importing this package registers every built-in method; see :mod:`precompute.influence.base` for
-the interface and the sign convention (positive score = proponent).
+A module here that defines a concrete :class:`InfluenceEstimator` subclass with a ``name`` adds that
+method everywhere (``--methods``, ``evaluate``, the damping sweep, the registry-wide tests); see
+:mod:`precompute.influence.base` for the interface, the capabilities and the sign convention
+(positive score = proponent).
 """
 
-from precompute.influence import (  # noqa: F401  (registers methods)
-    arnoldi,
-    cg,
-    datainf,
-    exact,
-    gradient_similarity,
-    kfac,
-    lissa,
-    representer,
-    tracin,
-    trak,
-)
 from precompute.influence.base import (
+    Capabilities,
     InfluenceEstimator,
     InfluenceTask,
     MethodConfig,
+)
+from precompute.influence.registry import (
     available_methods,
+    damped_methods,
+    estimator_class,
     get_estimator,
-    register,
+    registered,
 )
 
 __all__ = [
+    "Capabilities",
     "InfluenceEstimator",
     "InfluenceTask",
     "MethodConfig",
     "available_methods",
+    "damped_methods",
+    "estimator_class",
     "get_estimator",
-    "register",
+    "registered",
 ]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import Matvec, as_model_dtype, damped_hvp, gradients64
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 
 @dataclass
@@ -73,7 +73,6 @@ def arnoldi_eigs(matvec: Matvec, p: int, n_iter: int, seed: int = 0,
     return evals, q.T @ vecs
 
 
-@register
 class ArnoldiInfluence(InfluenceEstimator):
     """score(t, i) = sum_k (u_k . g_t)(u_k . g_i) / (mu_k + lambda) [+ g_t^T (I - U U^T) g_i / lambda].
 
@@ -86,6 +85,8 @@ class ArnoldiInfluence(InfluenceEstimator):
     """
 
     name = "arnoldi"
+    capabilities = Capabilities(damping="hessian", exact_spearman=0.9)
+    quick_options: ClassVar[dict[str, Any]] = {"n_iter": 40, "rank": 20}
     config_class = ArnoldiConfig
     summary = "top-k Hessian eigenpairs from Arnoldi iteration, low-rank inverse"
 

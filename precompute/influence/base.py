@@ -17,6 +17,7 @@ Any test batch can be scored against any train chunk, so work splits over proces
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,8 +26,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from precompute.config import check_damping
 from precompute.errors import ConfigError, MethodError
 from precompute.gradients import LossFn, cross_entropy_loss, per_sample_gradients
+from precompute.influence.registry import register as _register
 from precompute.params import ParamSpace
 from precompute.training import Checkpoint
 
@@ -36,11 +39,42 @@ AUTO_DAMPING_SCALE = 0.1
 AUTO_DAMPING_PROBES = 32
 
 
-def check_damping(value: Any, key: str = "damping") -> None:
-    """Raise ConfigError unless ``value`` is a number >= 0 or ``"auto"``."""
-    ok = value == "auto" or (isinstance(value, int | float) and not isinstance(value, bool) and value >= 0)
-    if not ok:
-        raise ConfigError(f"{key}: must be a number >= 0 or \"auto\" (got {value!r})")
+#: what a method's ``damping`` lambda is added to, and so the scale "auto" and a damping sweep refer to
+DAMPING_SCALES = {
+    "hessian": "the Hessian of the training objective, or a curvature approximating it (K-FAC/EK-FAC "
+               "factors, DataInf's per-layer gradient second moments); \"auto\" = 0.1 x its mean eigenvalue",
+    "trak-kernel": "TRAK's projected-gradient Gram matrix Phi^T Phi / n; \"auto\" = 0.1 x its mean eigenvalue",
+}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an estimator needs and supports; the registry, ``evaluate``, the docs and the tests read it.
+
+    ``damping``: the key of :data:`DAMPING_SCALES` its lambda is added to, or None (no damping).
+    ``needs_checkpoints``: refuses a run without saved checkpoints. ``per_layer``: a block-diagonal
+    (per-layer) approximation. ``compressed_store``: can score from a compressed gradient store.
+    ``max_params``: the most influence parameters it accepts by default (None: no limit).
+    ``exact_spearman``: the mean per-test-point Spearman with ``exact`` its tests require on the tiny
+    float64 MLP (None: it estimates another quantity, so it is not compared with ``exact``).
+    ``exact_rtol``: relative tolerance to ``exact`` scores for methods that converge to it (None: not one).
+    """
+
+    damping: str | None = None
+    needs_checkpoints: bool = False
+    per_layer: bool = False
+    compressed_store: bool = False
+    max_params: int | None = None
+    exact_spearman: float | None = None
+    exact_rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.damping is not None and self.damping not in DAMPING_SCALES:
+            raise TypeError(f"Capabilities.damping must be None or one of {sorted(DAMPING_SCALES)} "
+                            f"(got {self.damping!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass
@@ -93,12 +127,23 @@ class InfluenceTask:
 
 
 class InfluenceEstimator(ABC):
-    """Base class; subclasses set ``name``, ``config_class`` and implement the factor methods."""
+    """Base class; subclasses set ``name``, ``summary``, ``capabilities`` (and ``config_class``) and
+    implement the factor methods. A concrete subclass with a ``name`` registers itself on definition."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     #: short description shown in the UI and docs
     summary: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: small settings for tiny models (the registry-wide tests, smoke runs); {} = the defaults
+    quick_options: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__ and not inspect.isabstract(cls):
+            if not cls.summary:
+                raise TypeError(f"{cls.__qualname__}: an influence method needs a one-line summary")
+            _register(cls)
 
     def __init__(self, **options: Any):
         try:
@@ -170,22 +215,3 @@ def auto_damping(task: InfluenceTask) -> float:
                           "(not > 0); set influence.damping to an explicit number > 0")
     task._auto_damping = value  # type: ignore[attr-defined]
     return value
-
-
-_REGISTRY: dict[str, type[InfluenceEstimator]] = {}
-
-
-def register(cls: type[InfluenceEstimator]) -> type[InfluenceEstimator]:
-    """Class decorator: make an estimator available to ``--methods`` under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_estimator(name: str, options: dict[str, Any] | None = None) -> InfluenceEstimator:
-    if name not in _REGISTRY:
-        raise ConfigError(f"influence.methods: unknown method {name!r}; known: {available_methods()}")
-    return _REGISTRY[name](**(options or {}))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import Matvec, as_model_dtype, damped_hvp, gradients64
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 
 @dataclass
@@ -122,7 +122,6 @@ def batched_cg(matvec: Matvec, b: torch.Tensor, tol: float, max_iter: int) -> tu
     return x, {"iterations": iters, "max_relative_residual": rel, "unconverged": int(active.numel())}
 
 
-@register
 class ConjugateGradient(InfluenceEstimator):
     """score(t, i) = s_t . g_i with s_t solving (H + lambda I) s_t = g_t by conjugate gradient.
 
@@ -136,6 +135,8 @@ class ConjugateGradient(InfluenceEstimator):
     """
 
     name = "cg"
+    capabilities = Capabilities(damping="hessian", exact_rtol=1e-5)
+    quick_options: ClassVar[dict[str, Any]] = {"tol": 1e-10, "max_iter": 500}  # block CG agrees across batchings to tol
     config_class = CGConfig
     summary = "conjugate gradient on (H + lambda I) s = g_test with Hessian-vector products"
 

@@ -9,7 +9,7 @@ import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import as_model_dtype, gradients64, layer_scores
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 
 @dataclass
@@ -25,7 +25,6 @@ class DataInfConfig(MethodConfig):
         return self
 
 
-@register
 class DataInf(InfluenceEstimator):
     """Per layer l: (G_l + mu I)^-1 v ~ (1/mu) (v - (1/n) sum_i (g_il . v) / (mu + |g_il|^2) g_il).
 
@@ -37,6 +36,7 @@ class DataInf(InfluenceEstimator):
     """
 
     name = "datainf"
+    capabilities = Capabilities(damping="hessian", per_layer=True, exact_spearman=0.7)
     config_class = DataInfConfig
     summary = "DataInf: closed-form per-layer inverse of the damped empirical Fisher"
 

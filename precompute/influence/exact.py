@@ -9,14 +9,17 @@ import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.hessian import create_hvp_function, explicit_hessian
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+#: the default limit: H is p x p float64 (10^4 parameters = 800 MB)
+EXACT_MAX_PARAMS = 10_000
 
 
 @dataclass
 class ExactConfig(MethodConfig):
     """``max_params``: refuse above this many influence parameters (H is p x p float64)."""
 
-    max_params: int = 10_000
+    max_params: int = EXACT_MAX_PARAMS
 
     def validate(self) -> ExactConfig:
         super().validate()
@@ -25,7 +28,6 @@ class ExactConfig(MethodConfig):
         return self
 
 
-@register
 class ExactInfluence(InfluenceEstimator):
     """score(t, i) = g_t^T (H + lambda I)^-1 g_i with H the explicit Hessian of the training objective.
 
@@ -35,6 +37,7 @@ class ExactInfluence(InfluenceEstimator):
     """
 
     name = "exact"
+    capabilities = Capabilities(damping="hessian", max_params=EXACT_MAX_PARAMS, exact_rtol=1e-12)
     config_class = ExactConfig
     summary = "explicit damped Hessian inverse (reference; small models only)"
 
@@ -47,7 +50,8 @@ class ExactInfluence(InfluenceEstimator):
                 "or use a scalable method"
             )
         super().fit(task)
-        hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay, task.batch_size)
+        hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay, task.batch_size,
+                                  loss_fn=task.loss_fn)
         dtype = next(task.model.parameters()).dtype
         dev = task.x_train.device
         H = explicit_hessian(hvp, p, dtype=dtype, device=dev).to(torch.float64)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from precompute.influence.base import InfluenceEstimator, register
+from precompute.influence.base import InfluenceEstimator
 
 
-@register
 class GradDot(InfluenceEstimator):
     """score(t, i) = g_t . g_i at the final parameters: influence with H replaced by I.
 
@@ -25,7 +24,6 @@ class GradDot(InfluenceEstimator):
         return self._require_fit().gradients(x, y)
 
 
-@register
 class GradCos(InfluenceEstimator):
     """score(t, i) = cos(g_t, g_i): direction only, so not dominated by high-loss samples.
 

@@ -10,7 +10,7 @@ import torch
 from precompute.errors import ConfigError
 from precompute.influence._common import layer_scores
 from precompute.influence._kron import KronLayer, capture, find_layers
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 FISHERS = ("sampled", "ggn", "empirical")
 
@@ -71,6 +71,7 @@ class _KroneckerEstimator(InfluenceEstimator):
     """Shared fit and preconditioning of K-FAC and EK-FAC (block-diagonal over layers)."""
 
     config_class = KFACConfig
+    capabilities = Capabilities(damping="hessian", per_layer=True, exact_spearman=0.7)
     refit_eigenvalues: ClassVar[bool] = False
 
     def fit(self, task: InfluenceTask) -> _KroneckerEstimator:
@@ -169,7 +170,6 @@ class _KroneckerEstimator(InfluenceEstimator):
                 "eigenvalue_mean": float(torch.cat([f.eig.flatten() for f in self.factors_]).mean())}
 
 
-@register
 class KFAC(_KroneckerEstimator):
     """score(t, i) = sum_layers g_t^T (A (x) S + (wd + lambda) I)^-1 g_i, per Linear/Conv2d layer.
 
@@ -185,7 +185,6 @@ class KFAC(_KroneckerEstimator):
     summary = "K-FAC: per-layer Kronecker-factored GGN"
 
 
-@register
 class EKFAC(_KroneckerEstimator):
     """K-FAC with the eigenvalues refitted in the Kronecker eigenbasis (George et al. 2018).
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import as_model_dtype, damped_hvp, gradients64
 from precompute.influence.arnoldi import arnoldi_eigs
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 
 @dataclass
@@ -45,7 +45,6 @@ class LiSSAConfig(MethodConfig):
         return self
 
 
-@register
 class LiSSA(InfluenceEstimator):
     """s_t = h_T / scale with h_0 = g_t, h_j = g_t + h_{j-1} - (H_j + lambda I) h_{j-1} / scale.
 
@@ -58,6 +57,8 @@ class LiSSA(InfluenceEstimator):
     """
 
     name = "lissa"
+    capabilities = Capabilities(damping="hessian", exact_spearman=0.99)
+    quick_options: ClassVar[dict[str, Any]] = {"depth": 60, "batch_size": None}
     config_class = LiSSAConfig
     summary = "stochastic Neumann series (LiSSA) for the iHVP"
 

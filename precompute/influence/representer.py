@@ -10,7 +10,7 @@ from torch import nn
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import as_model_dtype
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, MethodConfig, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 from precompute.models import last_linear, penultimate_features
 
 
@@ -28,7 +28,6 @@ class RepresenterConfig(MethodConfig):
         return self
 
 
-@register
 class Representer(InfluenceEstimator):
     """score(t, i) = alpha_{i, y_t} f_i . f_t with alpha_i = (e_{y_i} - p_i) / (l2 n).
 
@@ -40,6 +39,7 @@ class Representer(InfluenceEstimator):
     """
 
     name = "representer"
+    capabilities = Capabilities()
     config_class = RepresenterConfig
     summary = "representer points on penultimate features (Yeh et al. 2018)"
 

@@ -7,10 +7,9 @@ import math
 import torch
 
 from precompute.errors import MethodError
-from precompute.influence.base import InfluenceEstimator, InfluenceTask, register
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask
 
 
-@register
 class TracInCP(InfluenceEstimator):
     """score(t, i) = sum_c lr_c * g_t(theta_c) . g_i(theta_c) over saved checkpoints c.
 
@@ -19,6 +18,7 @@ class TracInCP(InfluenceEstimator):
     """
 
     name = "tracin"
+    capabilities = Capabilities(needs_checkpoints=True)
     summary = "TracInCP: gradient dot products summed over training checkpoints"
 
     def fit(self, task: InfluenceTask) -> TracInCP:

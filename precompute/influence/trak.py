@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,10 +14,10 @@ from precompute.gradients import per_sample_gradients
 from precompute.influence._common import as_model_dtype, model_dtype
 from precompute.influence.base import (
     AUTO_DAMPING_SCALE,
+    Capabilities,
     InfluenceEstimator,
     InfluenceTask,
     MethodConfig,
-    register,
 )
 
 
@@ -50,7 +50,6 @@ class TRAKConfig(MethodConfig):
         return self
 
 
-@register
 class TRAK(InfluenceEstimator):
     """score(t, i) = (1/M) sum_m phi_tm (Phi_m^T Phi_m / n + lambda I)^-1 phi_im Q_im.
 
@@ -65,6 +64,8 @@ class TRAK(InfluenceEstimator):
     """
 
     name = "trak"
+    capabilities = Capabilities(damping="trak-kernel")
+    quick_options: ClassVar[dict[str, Any]] = {"proj_dim": 32}
     config_class = TRAKConfig
     summary = "TRAK: projected margin gradients with an ensembled one-step Newton kernel"
 
