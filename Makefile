@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 PY  := $(BIN)/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo precompute app test lint bench clean
+.PHONY: install demo precompute app test test-deps lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,23 @@ app: install
 
 demo: precompute app
 
-test: install
+# The browser tests drive Debian's chromium (never a downloaded browser): install it when missing.
+test-deps:
+	@if [ -x /usr/bin/chromium ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian chromium for the browser tests (apt-get)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	elif command -v apt-get >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		echo "installing Debian chromium for the browser tests (sudo apt-get)"; \
+		sudo -n env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		sudo -n env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "error: the browser tests need Debian's chromium (/usr/bin/chromium); install it with" \
+		     "'sudo apt-get install -y chromium' and rerun make test" >&2; exit 1; \
+	fi
+
+test: install test-deps
 	$(PY) -m pytest
 
 lint: install

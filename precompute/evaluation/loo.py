@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
+from scipy.stats import pearsonr
 
-from cache_format.metrics import pearson_rows, spearman_rows
+from cache_format.metrics import pearson_rows, spearman, spearman_rows
 from precompute.evaluation.context import RunContext
 from precompute.evaluation.retrain import GRAD_TOL, Retrainer, RetrainJob, keep_without
 from precompute.evaluation.settings import LOOSettings
@@ -65,7 +65,7 @@ def evaluate_loo(scores: dict[str, np.ndarray], gt: dict[str, np.ndarray], n_tra
         out[name] = {
             "pearson": float(np.nanmean(p_rows)), "spearman": float(np.nanmean(s_rows)),
             "pearson_pooled": float(pearsonr(pred.ravel(), actual.ravel())[0]),
-            "spearman_pooled": float(spearmanr(pred.ravel(), actual.ravel())[0]),
+            "spearman_pooled": spearman(pred.ravel(), actual.ravel()),
             "slope": float(np.polyfit(pred.ravel(), actual.ravel(), 1)[0]),
         }
     return out
