@@ -1,76 +1,63 @@
 """Influence Explorer: the Streamlit entry point (``influence-explorer app`` runs this file).
 
-Pages are registered with ``st.navigation``; the selection (run, test point, training sample,
-method, k) lives in the URL, e.g. ``?run=digits&test=42&method=exact`` opens the influence view.
-Pages written by other teams (``pages/review.py``, ``pages/trust.py``) join the menu when present.
+The menu is built from the pages' own declarations (:mod:`explorer.page_spec`): every module in
+``explorer/app_pages/`` with a ``PAGE = PageSpec(...)`` and a ``main()`` becomes an ``st.Page`` at
+``/<key>``. The selection (run, test point, training sample, method, k) lives in the URL, e.g.
+``/influence?run=digits&test=42&method=exact``; ``/?page=<key>&...`` opens a page from a link to ``/``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import streamlit as st
 
-from explorer import perf, state, ui
-
-HERE = Path(__file__).resolve().parent
-
-# key -> (file, title, icon); the key is also the page's URL path and the value of ?page=
-PAGE_SPECS: dict[str, tuple[str, str, str]] = {
-    "runs": ("pages/runs.py", "Runs", ":material/folder_open:"),
-    "predictions": ("pages/predictions.py", "Predictions", ":material/grid_view:"),
-    "influence": ("pages/influence.py", "Influence", ":material/compare_arrows:"),
-    "embedding": ("pages/embedding.py", "Embedding map", ":material/scatter_plot:"),
-    "compare": ("pages/compare.py", "Compare methods", ":material/difference:"),
-    "review": ("pages/review.py", "Suspected mislabels", ":material/report:"),
-    "trust": ("pages/trust.py", "Trust", ":material/verified:"),
-}
+from explorer import page_spec, perf, state, ui
 
 
-def landing_page() -> str:
+def landing_page(keys: set[str]) -> str:
     """The page a fresh session opens on: ``?page=``, else Influence for a deep-linked sample,
     else Predictions for a named run, else Runs."""
-    qp = st.query_params
-    page = qp.get("page")
-    if page in PAGE_SPECS and (HERE / PAGE_SPECS[page][0]).is_file():
+    page = state.get_param("page")
+    if page in keys:
         return page
-    if "test" in qp or "train" in qp:
+    if state.get_param("test") is not None or state.get_param("train") is not None:
         return "influence"
-    return "predictions" if "run" in qp else "runs"
+    return "predictions" if state.get_param("run") is not None else page_spec.HOME
 
 
 def _opened_at_root() -> bool:
     """Whether the session's first URL had no page path (``/?run=...``); unknown counts as yes."""
+    from pathlib import Path
     from urllib.parse import urlparse
 
     try:
         url = st.context.url
     except Exception:  # noqa: BLE001 - older Streamlit or no browser (AppTest)
         url = None
-    return not url or urlparse(url).path.strip("/") in ("", HERE.name)
+    return not url or urlparse(url).path.strip("/") in ("", Path(__file__).resolve().parent.name)
 
 
 def main() -> None:
     st.set_page_config(page_title="Influence Explorer", page_icon=":material/hub:", layout="wide",
                        initial_sidebar_state="collapsed")
     st.html("<style>[data-testid=stMainBlockContainer]{padding-top:3rem}</style>")
+    declared = page_spec.discover()
+    page_spec.check_params(declared, state.PARAMS)
     state.sync_query_params()
-    pages: dict[str, st.Page] = {}
-    for key, (file, title, icon) in PAGE_SPECS.items():
-        if (HERE / file).is_file():
-            pages[key] = st.Page(file, title=title, icon=icon, url_path=key, default=key == "runs")
+    pages = {p.spec.key: page_spec.nav_page(p) for p in declared}
+    specs = {p.spec.key: p.spec for p in declared}
     current = st.navigation(list(pages.values()), position="top")
     target = state.pop_goto()
     if "_ie_landed" not in st.session_state:  # a fresh session: honour a deep link opened at "/"
         st.session_state["_ie_landed"] = True
-        landing = landing_page()
-        if current is pages["runs"] and landing != "runs" and _opened_at_root():
+        landing = landing_page(set(pages))
+        if current is pages[page_spec.HOME] and landing != page_spec.HOME and _opened_at_root():
             target = landing
     if target in pages and pages[target] is not current:
-        st.switch_page(pages[target], query_params=dict(st.query_params))
+        st.switch_page(pages[target], query_params=state.url_params())
     ui.sidebar()
-    params = {k: st.query_params[k] for k in state.PARAMS if k in st.query_params}
-    with perf.timed(current.url_path or "runs", params):
+    key = next(k for k, p in pages.items() if p is current)
+    params = {k: v for k, v in state.url_params().items() if k in specs[key].params}
+    with perf.timed(key, params):
         current.run()
 
 

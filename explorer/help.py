@@ -12,20 +12,30 @@ _TITLES = {
     "missing": "This run has not been built yet",
     "incomplete": "This run's cache is incomplete",
     "version": "This run was built by a different version",
+    "damaged": "This run's manifest is damaged",
+    "invalid": "That is not a run name",
 }
 
 
 def problem_page(problem: CacheProblem) -> None:
-    """Explain a :class:`CacheProblem` (missing / incomplete / version) and how to rebuild."""
-    run = Path(problem.path).name
+    """Explain a :class:`CacheProblem` (missing / incomplete / version / damaged / invalid) and how to fix it."""
     st.title(_TITLES.get(problem.kind, "This run cannot be opened"))
     st.error(problem.message, icon=":material/error:")
-    cmd = build_command(run) + ("" if problem.kind == "missing" else " --overwrite")
-    cache = Path(problem.path).parent
-    st.markdown("Build it with:")
-    st.code(f"{cmd} --cache-dir {cache}", language="bash")
-    st.markdown(f"then open it: `influence-explorer app --cache-dir {cache}`")
-    st.page_link("pages/runs.py", label="See all runs", icon=":material/list:")
+    if problem.kind != "invalid":  # for "invalid", problem.path is the cache folder: nothing to build
+        run = Path(problem.path).name
+        cmd = build_command(run) + ("" if problem.kind == "missing" else " --overwrite")
+        cache = Path(problem.path).parent
+        st.markdown("Build it with:")
+        st.code(f"{cmd} --cache-dir {cache}", language="bash")
+        st.markdown(f"then open it: `influence-explorer app --cache-dir {cache}`")
+    _runs_link()
+
+
+def _runs_link() -> None:
+    """A link to the Runs page (the home page, built from its declaration)."""
+    from explorer import page_spec
+
+    st.page_link(page_spec.nav_page(page_spec.find(page_spec.HOME)), label="See all runs", icon=":material/list:")
 
 
 def no_runs_page(cache_dir: Path) -> None:

@@ -1,8 +1,9 @@
-"""Where pages find the configured cache folder and the selected run (torch-free).
+"""Where pages find the configured cache folder, the selected run and the URL state (torch-free).
 
 Contract shared by all pages: the cache folder comes from ``$INFLUENCE_EXPLORER_CACHE`` (set by
-``influence-explorer app --cache-dir``), the selected run name lives in ``st.query_params["run"]``,
-and runs are opened through :func:`open_run` (memory-mapped, cached across reruns).
+``influence-explorer app --cache-dir``), the selected run name lives in the URL (``?run=``), runs
+are opened through :func:`open_run` (by name only, memory-mapped, cached across reruns), and URL
+parameters are read and written only through this module (:func:`get_param`, :func:`set_param`, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from cache_format.runs import RunCache
+from cache_format.names import MANIFEST
+from cache_format.runs import RunCache, run_dir
 
 CACHE_ENV = "INFLUENCE_EXPLORER_CACHE"
 
@@ -28,19 +30,20 @@ def _open_run(path: str, mtime: float) -> RunCache:
 
 
 def open_run(name: str) -> RunCache:
-    """Open run ``name`` under :func:`cache_dir`; cached until its manifest changes.
+    """Open run ``name`` (a direct child of :func:`cache_dir`); cached until its manifest changes.
 
-    Raises :class:`cache_format.CacheProblem` for a missing/incomplete/unknown-version run.
+    Raises :class:`cache_format.runs.CacheProblem`: "invalid" for a name that is not a run name
+    (``../x``, an absolute path), else missing / incomplete / version / damaged.
     """
-    path = cache_dir() / name
-    manifest = path / "manifest.json"
+    path = run_dir(cache_dir(), name)
+    manifest = path / MANIFEST
     mtime = manifest.stat().st_mtime if manifest.exists() else 0.0
     return _open_run(str(path), mtime)
 
 
 def selected_run_name() -> str | None:
-    """The run named in the URL (``?run=...``), if any."""
-    return st.query_params.get("run")
+    """The run named in the URL (``?run=...``), if any (not validated: :func:`open_run` does that)."""
+    return get_param("run")
 
 
 # --- URL state shared by the explorer's pages -------------------------------------------------
@@ -48,6 +51,7 @@ def selected_run_name() -> str | None:
 #   ?run=digits&test=42&method=exact          (Influence view of test point 42)
 #   ?run=digits&train=7                        (reverse view of training sample 7)
 # Page switches clear the browser's query string, so a copy is kept in the session and restored.
+# PARAMS is the union of what the pages declare (PageSpec.params); the app checks it at start.
 
 PARAMS = ("run", "test", "train", "method", "k", "color", "a", "b")
 _SESSION_KEY = "_ie_params"
@@ -62,6 +66,11 @@ def sync_query_params() -> None:
             saved[key] = qp[key]
         elif key in saved:
             qp[key] = saved[key]
+
+
+def url_params() -> dict[str, str]:
+    """Every parameter in the URL (for ``st.switch_page`` and timing logs)."""
+    return {k: st.query_params[k] for k in st.query_params}
 
 
 def get_param(key: str) -> str | None:
@@ -91,6 +100,13 @@ def get_int(key: str, n: int) -> int | None:
     return value if value is not None and 0 <= value < n else None
 
 
+def choose_run(name: str) -> None:
+    """Select run ``name`` and drop the selection that belonged to the previous run."""
+    set_param("run", name)
+    for key in ("test", "train", "method"):
+        set_param(key, None)
+
+
 def select_test(index: int) -> None:
     """Focus test point ``index`` (the influence view leaves any training sample)."""
     set_param("test", int(index))
@@ -103,7 +119,7 @@ def select_train(index: int) -> None:
 
 
 def goto(page: str) -> None:
-    """Ask the app to switch to page ``page`` (a key of ``explorer.app.PAGES``) on the next rerun.
+    """Ask the app to switch to page ``page`` (a ``PageSpec.key``) on the next rerun.
 
     Usable in widget callbacks, where ``st.switch_page`` is not allowed.
     """
@@ -125,17 +141,3 @@ def select_train_clear() -> None:
     """Leave the training-sample view (back to the focused test point)."""
     set_param("train", None)
 
-
-def ensure_app_navigation() -> None:
-    """Make a page opened directly (``/predictions`` as the first request after the server starts)
-    go through ``explorer/app.py``.
-
-    Streamlit treats a ``pages/`` folder beside the main script as a legacy multipage app until the
-    first ``st.navigation`` call; in that window it runs a page file on its own (no ``st.navigation``,
-    no page config). Flip the switch and rerun: the rerun starts at ``app.py`` and lands on the same page.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()

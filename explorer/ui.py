@@ -1,4 +1,8 @@
-"""Pieces shared by the pages: the run guard, the sidebar, URL-bound widgets and sample cards."""
+"""Pieces shared by the pages: the run guard, the sidebar's run picker, URL-bound widgets and sample cards.
+
+Every page gets its run from :func:`require_run` (the :class:`RunCache`) or :func:`require_view`
+(its :class:`RunView`); the only run picker is the sidebar's (:func:`sidebar`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from cache_format.names import SIGN_CONVENTION
-from cache_format.runs import CacheProblem, RunSummary, list_runs
+from cache_format.runs import CacheProblem, RunCache, RunSummary, list_runs
 from components.cards import Card
 from components.colors import CORRECT, WRONG, class_color
 from explorer import state
@@ -26,8 +30,9 @@ def runs(cache_dir: str) -> list[RunSummary]:
     return list_runs(cache_dir)
 
 
-def require_view() -> RunView:
-    """The selected run (the first readable one if the URL names none); otherwise a help page and stop."""
+def require_run() -> RunCache:
+    """The selected run (the first readable one if the URL names none, which then goes in the URL);
+    otherwise a help page (no runs / what is wrong and how to fix it) and ``st.stop()``."""
     name = state.selected_run_name()
     if name is None:
         ok = [r for r in runs(str(state.cache_dir())) if r.ok]
@@ -37,11 +42,16 @@ def require_view() -> RunView:
         name = ok[0].name
         state.set_param("run", name)
     try:
-        return view(state.open_run(name))
+        return state.open_run(name)
     except CacheProblem as exc:
         problem_page(exc)
         st.stop()
     raise AssertionError("unreachable")
+
+
+def require_view() -> RunView:
+    """The :class:`RunView` of :func:`require_run`'s run."""
+    return view(require_run())
 
 
 def bound_select(label: str, options: Sequence[str], param: str, value: str, key: str, **kw) -> str:
@@ -135,29 +145,13 @@ def big_image(v: RunView, split: str, index: int, px: int = 224) -> None:
 
 
 def sidebar() -> None:
-    """Run picker and the current selection, on every page."""
+    """The run picker and the current selection, on every page."""
     all_runs = runs(str(state.cache_dir()))
     ok = [r for r in all_runs if r.ok]
     with st.sidebar:
         st.markdown("### :material/hub: Influence Explorer")
         if ok:
-            names = [r.name for r in ok]
-            current = state.selected_run_name()
-            if current in names:
-                def _switch() -> None:
-                    state.set_param("run", st.session_state["w_run"])
-                    state.set_param("test", None)
-                    state.set_param("train", None)
-                    state.set_param("method", None)
-
-                if st.session_state.get("w_run") != current:
-                    st.session_state["w_run"] = current
-                by_name = {r.name: r for r in ok}
-                st.selectbox("Run", names, key="w_run", on_change=_switch,
-                             format_func=lambda n: f"{n} · {by_name[n].dataset}/{by_name[n].model}")
-                r = by_name[current]
-                acc = f"{r.test_accuracy:.1%}" if r.test_accuracy is not None else "n/a"
-                st.caption(f"{r.n_train:,} train · {r.n_test:,} test · accuracy {acc}")
+            _run_picker(ok)
             test, train = state.get_param("test"), state.get_param("train")
             if test is not None or train is not None:
                 st.markdown("**Selected**")
@@ -166,3 +160,23 @@ def sidebar() -> None:
                 if train is not None:
                     st.markdown(f"train #{train}")
         st.caption(SIGN_CONVENTION)
+
+
+def _run_picker(ok: list[RunSummary]) -> None:
+    """The one run picker (URL ``run``); empty when the URL names no readable run."""
+    by_name = {r.name: r for r in ok}
+    current = state.selected_run_name()
+    shown = current if current in by_name else None
+
+    def _switch() -> None:
+        if st.session_state["w_run"] is not None:
+            state.choose_run(st.session_state["w_run"])
+
+    if st.session_state.get("w_run") != shown:
+        st.session_state["w_run"] = shown
+    st.selectbox("Run", list(by_name), key="w_run", on_change=_switch, placeholder="choose a run",
+                 format_func=lambda n: f"{n} · {by_name[n].dataset}/{by_name[n].model}")
+    if shown is not None:
+        r = by_name[shown]
+        acc = f"{r.test_accuracy:.1%}" if r.test_accuracy is not None else "n/a"
+        st.caption(f"{r.n_train:,} train · {r.n_test:,} test · accuracy {acc}")

@@ -105,6 +105,23 @@ def _settle(page, selector: str) -> None:
 _BARS_DRAWN = "() => document.querySelectorAll('[data-testid=stPlotlyChart] .barlayer path').length > 0"
 
 
+def test_page_urls_work_as_the_first_request(server: str, page):
+    """The server's very first request is a page URL (no legacy ``pages/`` folder can hijack it), and
+    the menu built from the pages' declarations keeps its order; review and trust render too."""
+    page.goto(f"{server}/influence?run=digits&test=42")
+    _settle(page, "h1:has-text('Test #42')")
+    assert page.get_by_text("Page not found").count() == 0 and "test=42" in page.url
+    menu = [t.split("\n")[-1].strip() for t in page.locator("[data-testid=stTopNavLink]").all_inner_texts()]
+    assert menu[:7] == ["Runs", "Predictions", "Influence", "Embedding map", "Compare methods",
+                        "Suspected mislabels", "Trust"], menu
+    page.goto(f"{server}/review?run=digits")
+    _settle(page, "h2:has-text('Review suspected mislabels')")
+    page.goto(f"{server}/trust?run=digits")
+    _settle(page, "h1:has-text('Trust')")
+    page.goto(f"{server}/predictions?run=../../etc")
+    _settle(page, "h1:has-text('That is not a run name')")
+
+
 def test_click_prediction_shows_proponents(server: str, digits_run: Path, page, tmp_path: Path, request):
     shots_env = os.environ.get("INFLUENCE_EXPLORER_SCREENSHOTS")
     shots = Path(shots_env or tmp_path)

@@ -17,16 +17,15 @@ APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 
 @pytest.fixture
 def app(digits_run: Path, monkeypatch):
-    """An AppTest on the digits run's cache folder; ``app(page, **params)`` runs it."""
+    """An AppTest on the digits run's cache folder; ``app(page, **params)`` runs it (the page is opened
+    with the app's own deep link, ``/?page=<key>&...``: AppTest.switch_page only knows file pages)."""
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(digits_run.parent))
 
     def make(page: str | None = None, **params: object) -> AppTest:
         at = AppTest.from_file(APP, default_timeout=60)
-        for k, v in params.items():
+        for k, v in {**({"page": page} if page else {}), **params}.items():
             at.query_params[k] = str(v)
         at.run()
-        if page:
-            at.switch_page(f"pages/{page}.py").run()
         assert not at.exception, [e.value for e in at.exception]
         return at
     return make
@@ -156,15 +155,15 @@ def test_missing_cache_folder_shows_help(tmp_path, monkeypatch):
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(tmp_path / "nothing-here"))
     for page in (None, "predictions", "influence"):
         at = AppTest.from_file(APP, default_timeout=60)
-        at.run()
         if page:
-            at.switch_page(f"pages/{page}.py").run()
+            at.query_params["page"] = page
+        at.run()
         assert not at.exception
         assert at.title[0].value == "No influence runs found"
         assert any("influence-explorer precompute --sample digits" in c.value for c in at.code)
 
 
-def test_missing_incomplete_and_version_runs_explain_the_fix(digits_run, tmp_path, monkeypatch):
+def test_runs_that_cannot_be_opened_explain_the_fix(digits_run, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     shutil.copytree(digits_run, cache / "digits")
     (cache / "half").mkdir()  # an interrupted run: no manifest
@@ -173,17 +172,32 @@ def test_missing_incomplete_and_version_runs_explain_the_fix(digits_run, tmp_pat
     m = json.loads((old / "manifest.json").read_text())
     m["format_version"] = 0
     (old / "manifest.json").write_text(json.dumps(m))
+    (cache / "broken").mkdir()  # a manifest that reads but lacks a field every page relies on
+    del m["methods"]
+    m["format_version"] = json.loads((digits_run / "manifest.json").read_text())["format_version"]
+    (cache / "broken" / "manifest.json").write_text(json.dumps(m))
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(cache))
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception
     assert "Runs that cannot be opened" in [s.value for s in at.subheader]
     assert any("half" in w.value for w in at.warning) and any("version 0" in w.value for w in at.warning)
-    for run, title in (("nope", "has not been built"), ("half", "incomplete"), ("old", "different version")):
-        at = AppTest.from_file(APP, default_timeout=60)
-        at.query_params["run"] = run
-        at.run()
-        at.switch_page("pages/influence.py").run()
-        assert not at.exception, run
+    assert any("'methods'" in w.value for w in at.warning)
+    for run, title in (("nope", "has not been built"), ("half", "incomplete"), ("old", "different version"),
+                       ("broken", "damaged")):
+        at = _problem(run)
         assert title in at.title[0].value
         assert any(f"precompute --config <your-config.toml> --name {run}" in c.value for c in at.code)
+    for name in ("../digits", str(cache / "digits"), ".hidden"):  # never a path: the friendly page instead
+        at = _problem(name)
+        assert at.title[0].value == "That is not a run name"
+        assert any("is not a run name" in e.value for e in at.error) and not at.code
+
+
+def _problem(run: str) -> AppTest:
+    """The influence page of ``?run=<run>`` (a run that cannot be opened)."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"page": "influence", "run": run})
+    at.run()
+    assert not at.exception, run
+    return at

@@ -32,10 +32,9 @@ pytestmark = pytest.mark.slow
 def _page(run: Path, page: str, monkeypatch, **params: object) -> AppTest:
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(run.parent))
     at = AppTest.from_file(APP, default_timeout=60)
-    for k, v in {"run": run.name, **params}.items():
+    for k, v in {"page": page, "run": run.name, **params}.items():
         at.query_params[k] = str(v)
     at.run()
-    at.switch_page(f"pages/{page}.py").run()
     assert not at.exception, [e.value for e in at.exception]
     return at
 

@@ -11,7 +11,7 @@ from cache_format.mislabels import load_mislabels
 from cache_format.runs import RunCache
 from explorer.annotations import AnnotationStore, db_path
 
-PAGE = str(Path(__file__).resolve().parent.parent / "explorer" / "pages" / "review.py")
+APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 
 
 @pytest.fixture
@@ -21,8 +21,8 @@ def page(noisy_run: Path, monkeypatch):
     for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         p.unlink(missing_ok=True)
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(cache))
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.query_params["run"] = noisy_run.name
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"page": "review", "run": noisy_run.name})
     yield at, db
     for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
         p.unlink(missing_ok=True)
@@ -87,9 +87,22 @@ def test_shortcut_buttons_decide_advance_and_persist(page, noisy_run: Path):
     assert not at.exception
 
 
-def test_page_without_run_offers_a_picker(noisy_run: Path, monkeypatch):
+def test_page_without_run_opens_the_first_and_the_sidebar_picks_another(noisy_run: Path, digits_run: Path,
+                                                                         monkeypatch):
+    """No ``?run=``: the first readable run opens (like every page); the one run picker (the sidebar's)
+    switches to another, and the review queue follows it."""
+    from explorer.ui import runs
+
+    assert noisy_run.parent == digits_run.parent
+    runs.clear()  # the run list is cached for 10 s, perhaps from before the noisy run was built
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(noisy_run.parent))
-    at = AppTest.from_file(PAGE, default_timeout=60)
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["page"] = "review"
     at.run()
     assert not at.exception
-    assert noisy_run.name in at.selectbox[0].options
+    assert at.query_params["run"] == digits_run.name and at.header[0].value == "Review suspected mislabels"
+    picker = at.sidebar.selectbox(key="w_run")
+    assert any(o.startswith(f"{noisy_run.name} · ") for o in picker.options)  # options show "<run> · data/model"
+    picker.set_value(noisy_run.name).run()
+    assert not at.exception and at.query_params["run"] == noisy_run.name
+    assert at.header[0].value == "Review suspected mislabels" and at.text_input(key="review_name_input")

@@ -35,7 +35,8 @@ from precompute.evaluation import (
     evaluate_run,
 )
 
-PAGE = Path(__file__).resolve().parent.parent / "explorer" / "pages" / "trust.py"
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "explorer" / "app.py")
 
 
 @pytest.fixture(scope="module")
@@ -104,15 +105,15 @@ def test_figures_are_plain_plotly(trust_cache):
 def test_reader_and_figures_do_not_import_torch():
     code = ("import sys, cache_format.evaluation, components.trust_figures, precompute.evaluation.cli; "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=PAGE.parent.parent.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def _page(root: Path, run: str):
     from streamlit.testing.v1 import AppTest
 
     os.environ["INFLUENCE_EXPLORER_CACHE"] = str(root)
-    at = AppTest.from_file(str(PAGE), default_timeout=60)
-    at.query_params["run"] = run
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"page": "trust", "run": run})
     return at.run()
 
 
@@ -140,10 +141,9 @@ def test_influence_view_shows_lds_and_counterfactual(trust_cache, monkeypatch):
     root, run = trust_cache
     t = load_trust(run).part("brittleness")["tests"][0]
     monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(root))
-    app = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
-    at = AppTest.from_file(str(app), default_timeout=60)
-    at.query_params.update({"run": run.name, "test": str(t), "method": "exact"})
-    at.switch_page("pages/influence.py").run()
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"page": "influence", "run": run.name, "test": str(t), "method": "exact"})
+    at.run()
     assert not at.exception
     picker = at.selectbox(key="w_method")
     assert picker.value == "exact"

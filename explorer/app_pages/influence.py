@@ -11,6 +11,10 @@ from components.cards import card_grid
 from components.figures import probability_figure
 from explorer import state, ui
 from explorer.data import RunView
+from explorer.page_spec import PageSpec
+
+PAGE = PageSpec(key="influence", title="Influence", icon=":material/compare_arrows:", order=30,
+                params=("run", "test", "train", "method", "k"))
 
 CARDS_PER_ROW = 4
 
@@ -119,6 +123,7 @@ def train_view(v: RunView, train: int) -> None:
 
 
 def main() -> None:
+    """The focused test point's view, or the training-sample view when ``?train=`` is set."""
     v = ui.require_view()
     train = state.get_int("train", v.n_train)
     if train is not None:
@@ -131,6 +136,3 @@ def main() -> None:
         st.toast(f"No test point selected: showing test #{test}, the first misclassified one.")
     test_view(v, test)
 
-
-state.ensure_app_navigation()
-main()

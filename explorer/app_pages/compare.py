@@ -11,6 +11,10 @@ from cache_format.metrics import spearman, topk_overlap, topk_shared
 from components.figures import method_scatter_figure
 from explorer import state, ui
 from explorer.data import RunView, TopK
+from explorer.page_spec import PageSpec
+
+PAGE = PageSpec(key="compare", title="Compare methods", icon=":material/difference:", order=50,
+                params=("run", "test", "a", "b", "k"))
 
 
 def _table(v: RunView, ids: np.ndarray, scores: np.ndarray, other: set[int], ref_label: int) -> pd.DataFrame:
@@ -37,6 +41,7 @@ def _side(v: RunView, name: str, top: TopK, other: TopK, ref_label: int, which: 
 
 
 def main() -> None:
+    """Two methods' top-k lists for one test point, their overlap and rank correlation."""
     v = ui.require_view()
     if len(v.methods) < 2:
         st.title("Compare methods")
@@ -86,6 +91,3 @@ def main() -> None:
     top_b = np.concatenate([tb.pro, tb.opp])
     st.plotly_chart(method_scatter_figure(sa, sb, a, b, top_a, top_b), width="stretch", key="cmp_scatter")
 
-
-state.ensure_app_navigation()
-main()

@@ -7,16 +7,18 @@ import streamlit as st
 from cache_format.runs import build_command
 from explorer import state, ui
 from explorer.help import no_runs_page
+from explorer.page_spec import PageSpec
+
+PAGE = PageSpec(key="runs", title="Runs", icon=":material/folder_open:", order=10, params=("run",))
 
 
 def _open(name: str) -> None:
-    state.set_param("run", name)
-    for key in ("test", "train", "method"):
-        state.set_param(key, None)
+    state.choose_run(name)
     state.goto("predictions")
 
 
 def main() -> None:
+    """The run list with an Open button per run; runs that cannot be opened, with the fix."""
     folder = state.cache_dir()
     all_runs = ui.runs(str(folder))
     if not all_runs:
@@ -47,6 +49,3 @@ def main() -> None:
                 st.warning(r.problem or "unreadable", icon=":material/warning:")
                 st.code(f"{build_command(r.name)} --overwrite --cache-dir {folder}", language="bash")
 
-
-state.ensure_app_navigation()
-main()

@@ -1,7 +1,7 @@
 """Trust: how far to trust each influence method on this run, measured by ``influence-explorer evaluate``.
 
-Standalone Streamlit page (also run through ``explorer/app.py``'s navigation). The run comes from
-``?run=<name>``; everything shown is read from ``<run>/evaluation/`` by :mod:`cache_format.evaluation`.
+The run comes from ``ui.require_run()`` (``?run=<name>``, picked in the sidebar); everything shown
+is read from ``<run>/evaluation/`` by :mod:`cache_format.evaluation`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cache_format.evaluation import (
     evaluate_command,
     load_trust,
 )
-from cache_format.runs import CacheProblem, list_runs
+from cache_format.runs import RunCache
 from components.trust_figures import (
     agreement_figure,
     brittleness_figure,
@@ -24,23 +24,15 @@ from components.trust_figures import (
     lds_figure,
     loo_figure,
 )
-from explorer.state import cache_dir, open_run, selected_run_name
+from explorer import ui
+from explorer.page_spec import PageSpec
+from explorer.state import cache_dir
+
+PAGE = PageSpec(key="trust", title="Trust", icon=":material/verified:", order=70, params=("run",))
 
 
 def _fmt(v, digits: int = 3) -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
-
-
-def _pick_run() -> str | None:
-    name = selected_run_name()
-    if name:
-        return name
-    ok = [r for r in list_runs(cache_dir()) if r.ok]
-    if not ok:
-        st.info(f"No runs in `{cache_dir()}`. Build one with `influence-explorer precompute --sample digits`, "
-                "then evaluate it with `influence-explorer evaluate digits`.")
-        return None
-    return ok[0].name
 
 
 def _method_table(tr: TrustResults) -> None:
@@ -117,7 +109,7 @@ def _agreement(tr: TrustResults) -> None:
                "which one matches retraining.")
 
 
-def _brittleness(tr: TrustResults) -> None:
+def _brittleness(tr: TrustResults, run: RunCache) -> None:
     b = tr.part("brittleness")
     if not b:
         return
@@ -128,16 +120,12 @@ def _brittleness(tr: TrustResults) -> None:
                f"({rnd.get('tries', 0)} tries each). A trustworthy method flips far more predictions than random removal.")
     st.plotly_chart(brittleness_figure(tr.brittleness_frame()), width="stretch", key="trust_brittle")
     rows = []
-    samples = None
-    try:
-        samples = open_run(tr.run_name).test_samples()
-    except Exception:  # noqa: BLE001 - labels are a nicety here
-        pass
+    samples = run.test_samples()
     names = tr.class_names
     for t in b["tests"]:
-        label = int(samples.loc[t, "label"]) if samples is not None and t in samples.index else None
+        label = int(samples.loc[t, "label"]) if t in samples.index else None
         rows.append({"test point": t, "label": names[label] if label is not None and label < len(names) else "",
-                     "what happened": counterfactual_sentence(open_run(tr.run_name), t) or ""})
+                     "what happened": counterfactual_sentence(run, t) or ""})
     with st.expander("Per test point", expanded=False):
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
@@ -167,17 +155,12 @@ def _mislabels(tr: TrustResults) -> None:
 
 
 def main() -> None:
+    """The selected run's evaluation: per-method table, damping, brittleness, agreement; or how to make it."""
+    run = ui.require_run()
+    name = run.path.name
     st.title("Trust")
     st.caption("How far to trust each influence method on this run: measured against real retraining of the "
                "run's own model, with its own recipe and seed.")
-    name = _pick_run()
-    if name is None:
-        return
-    try:
-        run = open_run(name)
-    except CacheProblem as exc:
-        st.error(exc.message)
-        return
     tr = load_trust(run)
     if tr is None:
         st.info(f"Run **{name}** has not been evaluated yet. Measure it with:")
@@ -201,7 +184,7 @@ def main() -> None:
     _explain(tr)
     _loo_plot(tr)
     _damping(tr)
-    _brittleness(tr)
+    _brittleness(tr, run)
     _agreement(tr)
     _mislabels(tr)
     with st.expander("Settings and timings", expanded=False):
@@ -209,5 +192,3 @@ def main() -> None:
                  "updated": tr.data.get("updated"), "models retrained in the last call": tr.data.get("last_retrained")},
                 expanded=False)
 
-
-main()

@@ -15,6 +15,10 @@ from components.figures import (
 )
 from explorer import state, ui
 from explorer.data import RunView
+from explorer.page_spec import PageSpec
+
+PAGE = PageSpec(key="embedding", title="Embedding map", icon=":material/scatter_plot:", order=40,
+                params=("run", "test", "train", "method", "k", "color"))
 
 COLOR_MODES = {"class": "Class", "influence": "Influence on the selected test point"}
 MAX_LISTED = 300
@@ -87,6 +91,7 @@ def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -
 
 
 def main() -> None:
+    """The map, its colouring and method controls, and buttons to open the selection."""
     v = ui.require_view()
     test = state.get_int("test", v.n_test)
     train = state.get_int("train", v.n_train)
@@ -119,6 +124,3 @@ def main() -> None:
         if train is not None:
             b2.button(f"Open train #{train}", key="emb_open_train", on_click=ui.open_train, args=(train,))
 
-
-state.ensure_app_navigation()
-main()

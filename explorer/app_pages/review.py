@@ -1,7 +1,6 @@
 """Review suspected mislabels: a keyboard-driven queue of flagged training labels.
 
-Standalone Streamlit page (also run through ``explorer/app.py``'s navigation). The run comes from
-``?run=<name>``; decisions go to ``<cache-dir>/<run>.annotations.sqlite`` (see
+The run comes from ``ui.require_run()`` (``?run=<name>``, picked in the sidebar); decisions go to ``<cache-dir>/<run>.annotations.sqlite`` (see
 :mod:`explorer.annotations`), one transaction per decision, so none is lost.
 """
 
@@ -13,16 +12,22 @@ import streamlit as st
 
 from cache_format.mislabels import MislabelData, describe_method, detection_curve, load_mislabels
 from cache_format.names import (
+    MANIFEST,
     SELF_PREFIX,
     TEST_IMAGES,
     TRAIN_IMAGES,
     TRAIN_TOP_HURT,
     TRAIN_TOP_HURT_SCORES,
 )
-from cache_format.runs import CacheProblem, list_runs
+from cache_format.runs import CacheProblem, RunCache
 from components.review_figures import detection_figure, live_curve, progress_figure
+from explorer import ui
 from explorer.annotations import AnnotationError, AnnotationStore, db_path
-from explorer.state import cache_dir, open_run, selected_run_name
+from explorer.page_spec import PageSpec
+from explorer.state import cache_dir
+
+PAGE = PageSpec(key="review", title="Suspected mislabels", icon=":material/report:", order=60,
+                params=("run",))
 
 STATUSES = ("pending", "reviewed", "unsure", "all")
 SHORTCUTS = [("K", "keep the given label"), ("A", "accept the suggested label"), ("0-9", "relabel to that class"),
@@ -32,10 +37,9 @@ K = "review_"  # session-state prefix
 
 # ------------------------------------------------------------------------------------------ data
 @st.cache_resource(show_spinner=False)
-def _mislabels(path: str, mtime: float) -> MislabelData:
-    from cache_format.runs import RunCache
-
-    return load_mislabels(RunCache(path))
+def _mislabels(_run: RunCache, path: str, mtime: float) -> MislabelData:
+    """The run's mislabel rankings, kept per run folder until its manifest changes."""
+    return load_mislabels(_run)
 
 
 def _store(run_name: str) -> AnnotationStore:
@@ -101,20 +105,6 @@ def _move(rank: int, step: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------- page
-def _pick_run() -> None:
-    runs = [r for r in list_runs(cache_dir()) if r.ok]
-    st.info(f"Pick a run to review (runs under {cache_dir()}).")
-    names = [r.name for r in runs]
-    if not names:
-        st.warning("No runs found. Build one with: influence-explorer precompute --sample digits-noisy")
-        st.stop()
-    choice = st.selectbox("run", names, index=None, placeholder="choose a run")
-    if choice:
-        st.query_params["run"] = choice
-        st.rerun()
-    st.stop()
-
-
 def _ask_reviewer() -> None:
     with st.form(K + "who"):
         name = st.text_input("Your name (recorded with every decision)", key=K + "name_input")
@@ -127,13 +117,12 @@ def _ask_reviewer() -> None:
 
 
 def main() -> None:
+    """The review queue of the selected run: one card, its evidence, the decision buttons, progress."""
+    run = ui.require_run()
+    run_name = run.path.name
     st.header("Review suspected mislabels")
-    run_name = selected_run_name()
-    if not run_name:
-        _pick_run()
     try:
-        run = open_run(run_name)
-        data = _mislabels(str(run.path), (run.path / "manifest.json").stat().st_mtime)
+        data = _mislabels(run, str(run.path), (run.path / MANIFEST).stat().st_mtime)
         table = data.table
     except CacheProblem as exc:
         st.error(exc.message)
@@ -355,5 +344,3 @@ def _export(run, store, given, run_name) -> None:
                 except AnnotationError as exc:
                     st.error(str(exc))
 
-
-main()

@@ -10,6 +10,10 @@ import streamlit as st
 from components.cards import card_grid
 from explorer import state, ui
 from explorer.data import RunView
+from explorer.page_spec import PageSpec
+
+PAGE = PageSpec(key="predictions", title="Predictions", icon=":material/grid_view:", order=20,
+                params=("run", "test"))
 
 N_COLS, N_ROWS = 6, 3
 PAGE_SIZE = N_COLS * N_ROWS
@@ -40,6 +44,7 @@ def filtered(v: RunView, classes: list[str], outcome: str, conf: tuple[float, fl
 
 
 def main() -> None:
+    """The filterable gallery of the selected run's test predictions."""
     v = ui.require_view()
     t = v.test
     acc = float(t["correct"].mean()) if len(t) else float("nan")
@@ -77,6 +82,3 @@ def main() -> None:
     if selected is not None:
         st.caption(f"Selected: test #{selected} (open the **Influence** page to inspect it).")
 
-
-state.ensure_app_navigation()
-main()
