@@ -14,7 +14,10 @@ The writer (precompute) and every reader (explorer, evaluate) import these names
 
 from __future__ import annotations
 
-FORMAT_VERSION = 1
+#: version 2: a method may store top-k only (manifest ``methods.<m>.scores = "topk"``, no scores.npy)
+FORMAT_VERSION = 2
+#: versions this reader opens (version 1 runs always have dense scores)
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 SAMPLES = "samples.parquet"
 ARRAYS_DIR = "arrays"

@@ -17,9 +17,9 @@ import pandas as pd
 
 from cache_format.names import (
     ARRAYS_DIR,
-    FORMAT_VERSION,
     MANIFEST,
     METHODS_DIR,
+    READABLE_VERSIONS,
     SAMPLES,
     SCORES,
     is_safe_name,
@@ -115,9 +115,9 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         raise CacheProblem("incomplete", run_dir, f"{path} is unreadable ({exc}). "
                            f"Rebuild it with: {build_command(run_dir.name)} --overwrite") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CacheProblem("version", run_dir, f"{path} has cache format version {version!r}; this explorer reads "
-                           f"version {FORMAT_VERSION}. Rebuild it with: {build_command(run_dir.name)} --overwrite")
+                           f"versions {', '.join(map(str, READABLE_VERSIONS))}. Rebuild it with: {build_command(run_dir.name)} --overwrite")
     return validate_manifest(manifest, path)
 
 
@@ -189,8 +189,18 @@ class RunCache:
             raise KeyError(f"method {method!r} is not in run {self.name}; it has {self.methods}")
         return self.load_npy(Path(METHODS_DIR) / method / f"{name}.npy")
 
+    def has_dense_scores(self, method: str) -> bool:
+        """Whether the full score matrix of ``method`` is stored (else only its top-k arrays)."""
+        info = self.manifest["methods"].get(method)
+        return not (isinstance(info, dict) and info.get("scores") == "topk")
+
     def scores(self, method: str) -> np.ndarray:
-        """``[n_test, n_train]`` float32 memmap; positive = proponent."""
+        """``[n_test, n_train]`` float32 memmap; positive = proponent. Raises :class:`CacheProblem`
+        ("topk") when the run kept only the top-k of this method (``influence.store_scores``)."""
+        if not self.has_dense_scores(method):
+            raise CacheProblem("topk", self.path, f"run {self.name} stores only the top-k scores of {method} "
+                               f"(influence.store_scores = \"topk\"); rebuild with store_scores = \"dense\" "
+                               "for full rows")
         return self.method_array(method, SCORES)
 
     def require_file(self, rel: str | Path) -> Path:

@@ -126,9 +126,21 @@ class RunView:
         """How many top-k entries the cache stores per test point."""
         return int(self.method_array(method, fmt.TOP_PROPONENTS).shape[1])
 
+    def has_full_rows(self, method: str) -> bool:
+        """Whether the run stores the full score matrix of ``method`` (else only its top-k)."""
+        return self.run.has_dense_scores(method)
+
     def score_row(self, method: str, test: int) -> np.ndarray:
-        """One row of the score matrix: test point ``test`` vs every training sample ``[n_train]`` (a copy)."""
-        return np.array(self.method_array(method, fmt.SCORES)[int(test)], dtype=np.float32)
+        """One row of the score matrix: test point ``test`` vs every training sample ``[n_train]`` (a copy).
+
+        For a top-k-only run (:meth:`has_full_rows` False) only the stored proponents and opponents
+        have their scores; every other entry is 0."""
+        if self.has_full_rows(method):
+            return np.array(self.method_array(method, fmt.SCORES)[int(test)], dtype=np.float32)
+        row = np.zeros(self.n_train, np.float32)
+        t = self.top(method, test, self.topk_max(method))
+        row[t.pro], row[t.opp] = t.pro_scores, t.opp_scores
+        return row
 
     def train_stat(self, method: str, name: str, train: int) -> tuple[float, float]:
         """Value of a per-training-sample array (self_influence, train_net_influence) and its percentile."""

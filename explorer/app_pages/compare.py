@@ -45,7 +45,8 @@ def main() -> None:
     v = ui.require_view()
     if len(v.methods) < 2:
         st.title("Compare methods")
-        st.info(f"Run **{v.name}** has a single method ({v.methods[0]}); build it with two or more to compare.")
+        st.info(f"Run **{ui.md_escape(v.name)}** has a single method ({ui.md_escape(v.methods[0])}); build it "
+                "with two or more to compare.")
         return
     test = state.get_int("test", v.n_test)
     if test is None:
@@ -68,25 +69,33 @@ def main() -> None:
     st.markdown(f"True label {ui.chip(v, label)}, predicted {ui.chip(v, int(row['pred']))} "
                 f"({float(row['confidence']):.0%}).", unsafe_allow_html=True)
     ta, tb = v.top(a, test, k), v.top(b, test, k)
+    full = v.has_full_rows(a) and v.has_full_rows(b)
     sa, sb = v.score_row(a, test), v.score_row(b, test)
-    rho = spearman(sa, sb)
+    rho = spearman(sa, sb) if full else float("nan")
     m1, m2, m3 = st.columns(3)
     m1.metric("Proponents shared", f"{topk_shared(ta.pro, tb.pro)} / {len(ta.pro)}",
               help=f"top-k overlap {topk_overlap(ta.pro, tb.pro):.2f}: the share of A's top {len(ta.pro)} also in B's")
     m2.metric("Opponents shared", f"{topk_shared(ta.opp, tb.opp)} / {len(ta.opp)}",
               help=f"top-k overlap {topk_overlap(ta.opp, tb.opp):.2f}: the share of A's top {len(ta.opp)} also in B's")
-    m3.metric("Rank correlation (Spearman)", f"{rho:+.2f}", help=f"over all {v.n_train:,} training samples")
+    m3.metric("Rank correlation (Spearman)", f"{rho:+.2f}" if full else "n/a",
+              help=f"over all {v.n_train:,} training samples" if full else
+              "this run stores only the top-k scores of a method (influence.store_scores = \"topk\")")
     st.markdown(ui.SIGN_LINE)
     for which, title in (("pro", ":blue[Proponents]"), ("opp", ":red[Opponents]")):
         st.subheader(f"{title}: top {k}")
         left, right = st.columns(2, gap="large")
         with left:
-            st.markdown(f"**{a}**")
+            st.markdown(f"**{ui.md_escape(a)}**")
             _side(v, a, ta, tb, label, which)
         with right:
-            st.markdown(f"**{b}**")
+            st.markdown(f"**{ui.md_escape(b)}**")
             _side(v, b, tb, ta, label, which)
     st.subheader("Every training sample: score under both methods")
+    if not full:
+        st.info("Not available: this run stores only the top-k scores of "
+                f"{ui.md_escape(a if not v.has_full_rows(a) else b)} (influence.store_scores = \"topk\"); rebuild "
+                "it with store_scores = \"dense\" for full rows.")
+        return
     top_a = np.concatenate([ta.pro, ta.opp])
     top_b = np.concatenate([tb.pro, tb.opp])
     st.plotly_chart(method_scatter_figure(sa, sb, a, b, top_a, top_b), width="stretch", key="cmp_scatter")

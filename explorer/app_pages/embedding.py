@@ -57,6 +57,9 @@ def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
 
 @st.fragment
 def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -> None:
+    if mode == "influence" and test is not None and not v.has_full_rows(method):
+        st.info("This run stores only the top-k scores of this method (influence.store_scores = \"topk\"): only "
+                "the stored proponents and opponents are coloured; every other sample is shown as 0.")
     fig = _figure(v, mode, method, test, k)
     event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", config={"scrollZoom": True, "displaylogo": False})

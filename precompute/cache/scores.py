@@ -1,8 +1,11 @@
-"""Streaming a score matrix to disk in row blocks, with top-k per row and per column on the fly.
+"""Streaming a score matrix in tiles, with top-k per row and per column folded in on the fly.
 
-Rows are test points, columns training samples. Each block ``[b, n_train]`` is written to the
-memmap and folded into: per-row top-k proponents/opponents, per-column running top-k (the test
-points a training sample helps/hurts most) and per-column sums. Blocks can arrive in any order.
+Rows are test points, columns training samples. Each tile ``[b, w]`` (rows ``r0:r0+b``, columns
+``c0:c0+w``) is optionally written to the dense memmap and folded into: per-row top-k proponents /
+opponents, per-column top-k (the test points a training sample helps / hurts most) and per-column
+sums. Tiles can arrive in any order and any shape; the result is the same (ties are broken by the
+lower index), so chunking never changes what is stored. With ``dense=False`` only the top-k arrays
+are kept: memory is ``O((n_test + n_train) k)``, never ``n_test x n_train``.
 """
 
 from __future__ import annotations
@@ -13,74 +16,111 @@ from cache_format import names as fmt
 from precompute.cache.writer import CacheWriter
 
 
+def select_topk(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """Positions (along axis 1) of the ``k`` largest ``keys`` per row, best first, ties broken by the
+    smaller ``ids``: a total order, so merging partial results in any grouping gives the same answer.
+    ``keys, ids [m, w] -> [m, min(k, w)]``."""
+    m, w = keys.shape
+    k = min(k, w)
+    if k == 0:
+        return np.zeros((m, 0), np.int64)
+    if k == w:
+        return np.lexsort((ids, -keys), axis=-1)
+    part = np.argpartition(-keys, k - 1, axis=1)
+    kth = np.take_along_axis(keys, part[:, k - 1:k], axis=1)
+    ambiguous = (keys > kth).sum(1) + (keys == kth).sum(1) > k  # ties straddle the cut
+    cand = part[:, :k]
+    order = np.lexsort((np.take_along_axis(ids, cand, 1), -np.take_along_axis(keys, cand, 1)), axis=-1)
+    out = np.take_along_axis(cand, order, axis=1)
+    if ambiguous.any():
+        rows = np.flatnonzero(ambiguous)
+        out[rows] = np.lexsort((ids[rows], -keys[rows]), axis=-1)[:, :k]
+    return out
+
+
 def topk_sorted(values: np.ndarray, k: int, axis: int = 1, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and values of the k largest (or smallest) entries along ``axis``, best first."""
-    k = min(k, values.shape[axis])
-    v = values if largest else -values
-    part = np.argpartition(-v, k - 1, axis=axis).take(np.arange(k), axis=axis)
-    part_vals = np.take_along_axis(v, part, axis=axis)
-    order = np.argsort(-part_vals, axis=axis, kind="stable")
-    idx = np.take_along_axis(part, order, axis=axis)
-    return idx, np.take_along_axis(values, idx, axis=axis)
+    """Indices and values of the k largest (or smallest) entries along ``axis``, best first (ties: lower index)."""
+    v = values if axis == 1 else values.T
+    keys = v.astype(np.float64) if largest else -v.astype(np.float64)
+    ids = np.broadcast_to(np.arange(v.shape[1]), v.shape)
+    pos = select_topk(keys, ids, k)
+    idx, vals = pos, np.take_along_axis(v, pos, axis=1)
+    return (idx, vals) if axis == 1 else (idx.T, vals.T)
+
+
+def _merge(ids: np.ndarray, vals: np.ndarray, new_ids: np.ndarray, new_vals: np.ndarray, k: int,
+           largest: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Merge running top-k ``(ids, vals) [m, k]`` with candidates ``[m, w]``; returns the new ``[m, k]``."""
+    all_ids = np.concatenate([ids, new_ids], axis=1)
+    all_vals = np.concatenate([vals, new_vals], axis=1)
+    keys = all_vals.astype(np.float64) if largest else -all_vals.astype(np.float64)
+    pos = select_topk(keys, np.where(all_ids < 0, np.iinfo(all_ids.dtype).max, all_ids), k)
+    return np.take_along_axis(all_ids, pos, 1), np.take_along_axis(all_vals, pos, 1)
 
 
 class ScoreWriter:
-    """Receives ``[b, n_train]`` score blocks for one method and writes every derived array."""
+    """Receives score tiles for one method and writes every derived array on :meth:`close`."""
 
-    def __init__(self, writer: CacheWriter, method: str, n_test: int, n_train: int, topk: int):
-        self.writer, self.method = writer, method
+    def __init__(self, writer: CacheWriter, method: str, n_test: int, n_train: int, topk: int, dense: bool = True):
+        self.writer, self.method, self.dense = writer, method, dense
         self.n_test, self.n_train = n_test, n_train
         self.k_row = min(topk, n_train)
         self.k_col = min(topk, n_test)
-        self.scores = writer.open_array(fmt.SCORES, (n_test, n_train), np.float32, method)
-        self.top_pro = np.zeros((n_test, self.k_row), np.int32)
-        self.top_pro_s = np.zeros((n_test, self.k_row), np.float32)
-        self.top_opp = np.zeros((n_test, self.k_row), np.int32)
-        self.top_opp_s = np.zeros((n_test, self.k_row), np.float32)
+        self.scores = writer.open_array(fmt.SCORES, (n_test, n_train), np.float32, method) if dense else None
+        self.top_pro = np.full((n_test, self.k_row), -1, np.int32)
+        self.top_pro_s = np.full((n_test, self.k_row), -np.inf, np.float32)
+        self.top_opp = np.full((n_test, self.k_row), -1, np.int32)
+        self.top_opp_s = np.full((n_test, self.k_row), np.inf, np.float32)
         self.col_sum = np.zeros(n_train, np.float64)
-        self.helped_idx = np.zeros((0, n_train), np.int64)
-        self.helped_val = np.zeros((0, n_train), np.float32)
-        self.hurt_idx = np.zeros((0, n_train), np.int64)
-        self.hurt_val = np.zeros((0, n_train), np.float32)
-        self.rows_done = np.zeros(n_test, bool)
+        self.helped_idx = np.full((n_train, self.k_col), -1, np.int32)  # per training sample (column)
+        self.helped_val = np.full((n_train, self.k_col), -np.inf, np.float32)
+        self.hurt_idx = np.full((n_train, self.k_col), -1, np.int32)
+        self.hurt_val = np.full((n_train, self.k_col), np.inf, np.float32)
+        self.covered = np.zeros(n_test, np.int64)  # columns seen per row
 
     def write_rows(self, start: int, block: np.ndarray) -> None:
-        """Store rows ``start:start+b`` of the score matrix (``block`` is ``[b, n_train]``)."""
-        block = np.asarray(block, dtype=np.float32)
-        stop = start + len(block)
-        if not np.isfinite(block).all():
-            bad = int((~np.isfinite(block)).sum())
-            raise FloatingPointError(f"{self.method}: {bad} non-finite scores in test rows {start}:{stop}")
-        self.scores[start:stop] = block
-        self.top_pro[start:stop], self.top_pro_s[start:stop] = topk_sorted(block, self.k_row, 1, True)
-        self.top_opp[start:stop], self.top_opp_s[start:stop] = topk_sorted(block, self.k_row, 1, False)
-        self.col_sum += block.sum(axis=0, dtype=np.float64)
-        rows = np.broadcast_to(np.arange(start, stop)[:, None], block.shape)
-        self.helped_idx, self.helped_val = self._merge(self.helped_idx, self.helped_val, rows, block, True)
-        self.hurt_idx, self.hurt_val = self._merge(self.hurt_idx, self.hurt_val, rows, block, False)
-        self.rows_done[start:stop] = True
+        """Store full rows ``start:start+b`` (``block [b, n_train]``)."""
+        self.write_tile(start, 0, block)
 
-    def _merge(self, idx, val, rows, block, largest):
-        all_idx = np.concatenate([idx, rows])
-        all_val = np.concatenate([val, block])
-        sel, best = topk_sorted(all_val, self.k_col, axis=0, largest=largest)
-        return np.take_along_axis(all_idx, sel, axis=0), best
+    def write_tile(self, r0: int, c0: int, tile: np.ndarray) -> None:
+        """Fold in scores of test rows ``r0:r0+b`` x training columns ``c0:c0+w`` (``tile [b, w]``)."""
+        tile = np.asarray(tile, dtype=np.float32)
+        r1, c1 = r0 + tile.shape[0], c0 + tile.shape[1]
+        if not np.isfinite(tile).all():
+            bad = int((~np.isfinite(tile)).sum())
+            raise FloatingPointError(f"{self.method}: {bad} non-finite scores in test rows {r0}:{r1}")
+        if self.scores is not None:
+            self.scores[r0:r1, c0:c1] = tile
+        cols = np.broadcast_to(np.arange(c0, c1, dtype=np.int32), tile.shape)
+        rs = slice(r0, r1)
+        self.top_pro[rs], self.top_pro_s[rs] = _merge(self.top_pro[rs], self.top_pro_s[rs], cols, tile, self.k_row, True)
+        self.top_opp[rs], self.top_opp_s[rs] = _merge(self.top_opp[rs], self.top_opp_s[rs], cols, tile, self.k_row,
+                                                      False)
+        rows = np.broadcast_to(np.arange(r0, r1, dtype=np.int32)[None, :], (c1 - c0, r1 - r0))
+        cs, t = slice(c0, c1), tile.T
+        self.helped_idx[cs], self.helped_val[cs] = _merge(self.helped_idx[cs], self.helped_val[cs], rows, t,
+                                                          self.k_col, True)
+        self.hurt_idx[cs], self.hurt_val[cs] = _merge(self.hurt_idx[cs], self.hurt_val[cs], rows, t, self.k_col, False)
+        self.col_sum[c0:c1] += tile.sum(axis=0, dtype=np.float64)
+        self.covered[r0:r1] += c1 - c0
 
     def close(self, self_influence: np.ndarray) -> None:
-        """Flush the score memmap and save the derived arrays; every row must have been written."""
-        if not self.rows_done.all():
-            missing = np.flatnonzero(~self.rows_done)
-            raise RuntimeError(f"{self.method}: test rows {missing[:5].tolist()}... were never scored")
-        self.scores.flush()
-        del self.scores
+        """Flush and save the derived arrays; every (row, column) must have been scored exactly once."""
+        if not (self.covered == self.n_train).all():
+            bad = np.flatnonzero(self.covered != self.n_train)
+            raise RuntimeError(f"{self.method}: test rows {bad[:5].tolist()}... were not scored against every "
+                               "training sample exactly once")
         w, m = self.writer, self.method
+        if self.scores is not None:
+            self.scores.flush()
+            self.scores = None
         w.save_array(fmt.TOP_PROPONENTS, self.top_pro, m)
         w.save_array(fmt.TOP_PROPONENT_SCORES, self.top_pro_s, m)
         w.save_array(fmt.TOP_OPPONENTS, self.top_opp, m)
         w.save_array(fmt.TOP_OPPONENT_SCORES, self.top_opp_s, m)
         w.save_array(fmt.SELF_INFLUENCE, np.asarray(self_influence, np.float32), m)
         w.save_array(fmt.TRAIN_NET_INFLUENCE, (self.col_sum / max(self.n_test, 1)).astype(np.float32), m)
-        w.save_array(fmt.TRAIN_TOP_HELPED, self.helped_idx.T.astype(np.int32), m)
-        w.save_array(fmt.TRAIN_TOP_HELPED_SCORES, self.helped_val.T.astype(np.float32), m)
-        w.save_array(fmt.TRAIN_TOP_HURT, self.hurt_idx.T.astype(np.int32), m)
-        w.save_array(fmt.TRAIN_TOP_HURT_SCORES, self.hurt_val.T.astype(np.float32), m)
+        w.save_array(fmt.TRAIN_TOP_HELPED, self.helped_idx, m)
+        w.save_array(fmt.TRAIN_TOP_HELPED_SCORES, self.helped_val, m)
+        w.save_array(fmt.TRAIN_TOP_HURT, self.hurt_idx, m)
+        w.save_array(fmt.TRAIN_TOP_HURT_SCORES, self.hurt_val, m)

@@ -111,6 +111,9 @@ class InfluenceTask:
     batch_size: int = 512
     loss_fn: LossFn = cross_entropy_loss
     progress: Callable[[str, int], Any] | None = None
+    #: a fitted ``precompute.compression.GradientCompressor``: methods that declare
+    #: ``capabilities.compressed_store`` then work on compressed gradients (:meth:`features`)
+    compressor: Any = None
 
     @property
     def n_train(self) -> int:
@@ -119,6 +122,15 @@ class InfluenceTask:
     def gradients(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-sample loss gradients ``[b, p]`` at the final model (or at ``params``)."""
         return per_sample_gradients(self.model, x, y, self.space, self.batch_size, params, self.loss_fn)
+
+    def features(self, x: torch.Tensor, y: torch.Tensor, params: dict[str, torch.Tensor] | None = None,
+                 loss_fn: LossFn | None = None) -> torch.Tensor:
+        """Per-sample gradients as gradient-similarity methods see them: compressed ``[b, k]`` when the
+        task has a compressor, else exact ``[b, p]`` (for ``loss_fn``, default the task's loss)."""
+        fn = loss_fn or self.loss_fn
+        if self.compressor is None:
+            return per_sample_gradients(self.model, x, y, self.space, self.batch_size, params, fn)
+        return self.compressor.compress(self.model, x, y, loss_fn=fn, params=params)
 
     def checkpoint_params(self, ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         dev = next(self.model.parameters()).device

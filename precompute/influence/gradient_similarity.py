@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from precompute.influence.base import InfluenceEstimator
+from precompute.influence.base import Capabilities, InfluenceEstimator
 
 
 class GradDot(InfluenceEstimator):
@@ -15,13 +15,14 @@ class GradDot(InfluenceEstimator):
     """
 
     name = "graddot"
+    capabilities = Capabilities(compressed_store=True)
     summary = "gradient dot product (H = I)"
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().gradients(x, y)
+        return self._require_fit().features(x, y)
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().gradients(x, y)
+        return self._require_fit().features(x, y)
 
 
 class GradCos(InfluenceEstimator):
@@ -31,6 +32,7 @@ class GradCos(InfluenceEstimator):
     """
 
     name = "gradcos"
+    capabilities = Capabilities(compressed_store=True)
     summary = "gradient cosine similarity"
 
     @staticmethod
@@ -38,7 +40,7 @@ class GradCos(InfluenceEstimator):
         return g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._unit(self._require_fit().gradients(x, y))
+        return self._unit(self._require_fit().features(x, y))
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._unit(self._require_fit().gradients(x, y))
+        return self._unit(self._require_fit().features(x, y))

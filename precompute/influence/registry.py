@@ -93,3 +93,6 @@ def check_influence_config(influence: Any) -> None:
             raise ConfigError(f"influence.options.{m}: must be a table of settings (got {opts!r})")
     for m in influence.methods:
         get_estimator(m, influence.options.get(m))
+    from precompute.store.compression_choice import compression_config
+
+    compression_config(influence.compression)

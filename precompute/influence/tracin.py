@@ -18,7 +18,7 @@ class TracInCP(InfluenceEstimator):
     """
 
     name = "tracin"
-    capabilities = Capabilities(needs_checkpoints=True)
+    capabilities = Capabilities(needs_checkpoints=True, compressed_store=True)
     summary = "TracInCP: gradient dot products summed over training checkpoints"
 
     def fit(self, task: InfluenceTask) -> TracInCP:
@@ -28,7 +28,7 @@ class TracInCP(InfluenceEstimator):
 
     def _factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         task = self._require_fit()
-        parts = [math.sqrt(c.lr) * task.gradients(x, y, task.checkpoint_params(c)) for c in task.checkpoints]
+        parts = [math.sqrt(c.lr) * task.features(x, y, task.checkpoint_params(c)) for c in task.checkpoints]
         return torch.cat(parts, dim=1)
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

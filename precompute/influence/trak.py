@@ -64,7 +64,7 @@ class TRAK(InfluenceEstimator):
     """
 
     name = "trak"
-    capabilities = Capabilities(damping="trak-kernel")
+    capabilities = Capabilities(damping="trak-kernel", compressed_store=True)
     quick_options: ClassVar[dict[str, Any]] = {"proj_dim": 32}
     config_class = TRAKConfig
     summary = "TRAK: projected margin gradients with an ensembled one-step Newton kernel"
@@ -94,15 +94,17 @@ class TRAK(InfluenceEstimator):
         self.projections_: list[torch.Tensor | None] = []
         self.kernels_: list[torch.Tensor] = []
         for j in range(len(self.models_)):
-            if p <= k:
-                self.projections_.append(None)
+            if task.compressor is not None or p <= k:
+                self.projections_.append(None)  # the run's compressor (or nothing) projects
             else:
                 gen = torch.Generator().manual_seed(self.config.seed + j)
                 proj = torch.randn(p, k, generator=gen, dtype=torch.float64) / k ** 0.5
                 self.projections_.append(proj.to(dtype=model_dtype(task), device=task.x_train.device))
-            phi = torch.cat([self._phi(j, task.x_train[s:s + task.batch_size], task.y_train[s:s + task.batch_size])
-                             for s in range(0, task.n_train, task.batch_size)])
-            gram = phi.T @ phi / task.n_train
+            gram = None
+            for s in range(0, task.n_train, task.batch_size):  # streamed: phi is never [n, k] in memory
+                phi = self._phi(j, task.x_train[s:s + task.batch_size], task.y_train[s:s + task.batch_size])
+                gram = phi.T @ phi if gram is None else gram + phi.T @ phi
+            gram = gram / task.n_train
             lam = AUTO_DAMPING_SCALE * float(gram.trace()) / len(gram) if raw == "auto" else float(raw)
             self.lams_.append(lam)
             evals, evecs = torch.linalg.eigh(gram)
@@ -115,6 +117,9 @@ class TRAK(InfluenceEstimator):
     def _phi(self, j: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Projected margin gradients of model j, ``[b, k]``."""
         task = self._require_fit()
+        if task.compressor is not None:  # compressed margin gradients, never [b, p] for big layers
+            params = {n: v for n, v in self.models_[j].named_parameters() if n in task.space.names}
+            return task.features(x, y, params=params, loss_fn=margin).to(torch.float64)
         g = per_sample_gradients(self.models_[j], x, y, task.space, task.batch_size, loss_fn=margin)
         proj = self.projections_[j]  # in the model's dtype: the projection is the costly matmul
         return (g if proj is None else g @ proj).to(torch.float64)
@@ -133,5 +138,7 @@ class TRAK(InfluenceEstimator):
         return as_model_dtype(self._require_fit(), q)
 
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lams_, "n_models": len(self.models_),
-                "proj_dim": None if self.projections_[0] is None else self.config.proj_dim}
+        task = self._require_fit()
+        proj = (f"compressor k={task.compressor.dim}" if task.compressor is not None
+                else None if self.projections_[0] is None else self.config.proj_dim)
+        return {"damping": self.lams_, "n_models": len(self.models_), "proj_dim": proj}

@@ -1,0 +1,117 @@
+"""One influence method through the store: fit, train factors into a resumable chunked store,
+streamed scoring into the cache (dense or top-k only), self-influence from the stored chunks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from precompute.cache import CacheWriter, ScoreWriter
+from precompute.influence.base import InfluenceEstimator, InfluenceTask
+from precompute.store.gradient_store import StoreSpec, chunk_rows_for
+from precompute.store.scoring import score_against_store, self_influence_from_store, train_factor_fn
+from precompute.store.workdir import WorkDir
+
+#: test-only crash window: SIGKILL this process after that many store chunks were written (all methods)
+KILL_AFTER_ENV = "INFLUENCE_EXPLORER_TEST_KILL_AFTER_CHUNKS"
+_chunks_written = 0
+#: ``store_scores = "auto"`` keeps the dense matrix only up to this many bytes (else top-k only)
+DENSE_SCORES_MAX_BYTES = 2 << 30
+STORE_SCORES = ("auto", "dense", "topk")
+
+
+def _after_chunk() -> None:
+    global _chunks_written
+    _chunks_written += 1
+    limit = os.environ.get(KILL_AFTER_ENV)
+    if limit and _chunks_written >= int(limit):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def dense_scores(mode: str, n_test: int, n_train: int, budget: int) -> bool:
+    """Whether to keep the full ``[n_test, n_train]`` float32 matrix on disk."""
+    if mode == "dense":
+        return True
+    if mode == "topk":
+        return False
+    return n_test * n_train * 4 <= min(DENSE_SCORES_MAX_BYTES, 4 * budget)
+
+
+def store_fingerprint(name: str, est: InfluenceEstimator, task: InfluenceTask, model_fp: str, dataset_fp: str) -> str:
+    comp = task.compressor.fingerprint() if task.compressor is not None and est.capabilities.compressed_store else None
+    blob = {"method": name, "config": est.config.to_dict(), "model": model_fp, "dataset": dataset_fp,
+            "params": task.space.names, "compressor": comp, "damping": repr(task.damping),
+            "checkpoints": len(task.checkpoints), "weight_decay": task.weight_decay}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_method(name: str, est: InfluenceEstimator, task: InfluenceTask, x_test: torch.Tensor, y_test: torch.Tensor,
+               writer: CacheWriter, work: WorkDir, *, topk: int, train_batch: int, test_batch: int, budget: int,
+               store_scores: str, store_dtype: str, chunk_rows: int | None, fingerprints: tuple[str, str],
+               progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Run one method end to end into ``writer``; returns its manifest entry."""
+    n_test, n_train = len(x_test), task.n_train
+    est.fit(task)
+    probe = est.train_factors(task.x_train[:1], task.y_train[:1])
+    width = int(probe.shape[1])
+    dtype = str(probe.dtype).replace("torch.", "") if store_dtype == "auto" else store_dtype
+    rows = chunk_rows or chunk_rows_for(width, dtype, max(budget // 8, 1 << 20), n_train)
+    spec = StoreSpec(n=n_train, k=width, dtype=dtype, chunk_rows=rows,
+                     fingerprint=store_fingerprint(name, est, task, *fingerprints))
+    store = work.store(name, spec)
+    already = spec.n_chunks - len(store.missing())
+    bar = tqdm(total=n_train + n_test, desc=name, unit="sample", disable=not progress, leave=False)
+    bar.update(already and min(n_train, already * rows))
+
+    def on_chunk(_i: int, n_rows: int) -> None:
+        bar.update(n_rows)
+        _after_chunk()
+
+    computed = store.fill(train_factor_fn(est, task, train_batch), on_chunk)
+    if already:
+        log(f"[{name}] resumed: {already} of {spec.n_chunks} store chunks were complete; computed chunks "
+            f"{_ranges(computed)}")
+    dense = dense_scores(store_scores, n_test, n_train, budget)
+    sink = ScoreWriter(writer, name, n_test, n_train, topk, dense=dense)
+    score_against_store(est, store, x_test, y_test, sink, test_batch, tick=bar.update)
+    bar.close()
+    sink.close(self_influence_from_store(est, task, store, train_batch))
+    used_compression = task.compressor is not None and est.capabilities.compressed_store
+    return {"config": est.config.to_dict(), "damping": est.damping_for(task), "summary": est.summary,
+            "fit": est.fit_info(), "topk": sink.k_row, "scores": "dense" if dense else "topk",
+            "store": {"width": width, "dtype": dtype, "chunk_rows": rows, "chunks": spec.n_chunks,
+                      "chunks_computed": len(computed), "bytes": store.nbytes},
+            "compression": task.compressor.summary() if used_compression and hasattr(task.compressor, "summary")
+            else ("on" if used_compression else None)}
+
+
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    if not ids:
+        return "none"
+    out, start, prev = [], ids[0], ids[0]
+    for i in [*ids[1:], None]:
+        if i is not None and i == prev + 1:
+            prev = i
+            continue
+        out.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if i is not None:
+            start = prev = i
+    return ", ".join(out)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's state (names and bytes), first 16 hex digits."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v.detach().cpu().numpy()).tobytes())
+    return h.hexdigest()[:16]
