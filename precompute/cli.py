@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--mislabel-detector", choices=["isolation_forest", "lof"],
                      help="outlier detector for Outlier Gradient Analysis")
     pre.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto = GPU if present")
+    pre.add_argument("--memory-budget", help="memory for batches and store chunks, e.g. 4GB (default: a quarter of "
+                     "the machine's memory, at most 8GB)")
+    pre.add_argument("--chunk-rows", type=int, help="rows per gradient-store chunk (default: from the memory budget)")
+    pre.add_argument("--compression", choices=["auto", "none", "factored", "dropout"],
+                     help="gradient compression for graddot/gradcos/tracin (auto: only when the exact gradients "
+                     "would not fit the memory budget)")
+    pre.add_argument("--store-scores", choices=["auto", "dense", "topk"],
+                     help="keep the full score matrix (dense), only the top-k (topk), or dense below a size (auto)")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing run made with another config")
     pre.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -82,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR)
     app.add_argument("--port", type=int, default=8501)
     app.add_argument("--headless", action="store_true", help="do not open a browser")
+    app.add_argument("--address", default="127.0.0.1",
+                     help="interface to listen on (default 127.0.0.1: this machine only). The app has no "
+                          "authentication: to serve a team, put an authenticating reverse proxy in front "
+                          "or use an SSH tunnel; --address 0.0.0.0 serves every network interface")
     return parser
 
 
@@ -106,8 +118,11 @@ def _load_run_config(args: argparse.Namespace):
         "influence.topk": args.topk, "data.label_noise": args.label_noise, "data.noise_seed": args.noise_seed,
         "data.labels_override": args.labels_override, "mislabels.enabled": args.mislabels,
         "mislabels.folds": args.mislabel_folds, "mislabels.detector": args.mislabel_detector,
-        "device": args.device,
+        "device": args.device, "memory_budget": args.memory_budget, "chunk_rows": args.chunk_rows,
+        "influence.store_scores": args.store_scores,
     })
+    if args.compression is not None:
+        cfg.influence.compression = {**cfg.influence.compression, "kind": args.compression}
     assert isinstance(cfg, RunConfig)
     if isinstance(cfg.influence.damping, str) and cfg.influence.damping.startswith("from-eval"):
         from precompute.influence.from_eval import apply_damping_from_eval
@@ -160,13 +175,35 @@ def cmd_methods(_args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
+    import ipaddress
+
+    if host.strip().lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+#: Streamlit settings of every ``influence-explorer app``: no tracebacks (server paths) in the browser,
+#: no usage statistics, small uploads (a decisions export is kilobytes to a few megabytes)
+APP_FLAGS = ("--browser.gatherUsageStats", "false", "--client.showErrorDetails", "none",
+             "--client.toolbarMode", "viewer", "--server.maxUploadSize", "32")
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     from streamlit.web import cli as st_cli
 
     app_path = Path(__file__).resolve().parent.parent / "explorer" / "app.py"
     os.environ["INFLUENCE_EXPLORER_CACHE"] = str(Path(args.cache_dir).resolve())
+    if not _is_loopback(args.address):
+        print(f"warning: the explorer has no authentication: anyone who can reach {args.address}:{args.port} "
+              "can read every run in the cache folder and write review decisions; serve a team through an "
+              "authenticating reverse proxy or an SSH tunnel instead", file=sys.stderr, flush=True)
     sys.argv = ["streamlit", "run", str(app_path), "--server.port", str(args.port),
-                "--browser.gatherUsageStats", "false"]
+                "--server.address", args.address, *APP_FLAGS]
     if args.headless:
         sys.argv += ["--server.headless", "true"]
     return st_cli.main()
@@ -188,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written (partial output removed)", file=sys.stderr)
+        print("error: interrupted; no run was written (completed gradient-store chunks are kept: rerun to resume)",
+              file=sys.stderr)
         return 130
 
 

@@ -18,10 +18,12 @@ from cache_format.names import is_safe_name
 from precompute.errors import ConfigError
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
-DATA_SOURCES = ("digits", "image_folder", "table", "npz", "python")  # python = in-memory (the Python API)
+DATA_SOURCES = ("digits", "image_folder", "table", "npz", "factory", "python")  # python = in-memory (the Python API)
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+STORE_SCORES = ("auto", "dense", "topk")  # auto: the dense [n_test, n_train] matrix only under a size budget
+STORE_DTYPES = ("auto", "float16", "float32", "float64")  # auto: the dtype of the method's factors
 
 
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:
@@ -45,7 +47,11 @@ class DataConfig:
     ``test_fraction``; converted to ``image_mode`` and ``image_size`` [height, width]; corrupt files
     skipped with a count or fatal per ``on_corrupt``), ``"table"`` (CSV/parquet at ``path`` with
     ``label_column`` and numeric ``feature_columns``, default all others; a ``split`` column is used
-    if present) or ``"npz"`` (``X_train, y_train, X_test, y_test``, optional ``class_names``).
+    if present), ``"npz"`` (an ``.npz`` or a folder of ``.npy`` files ``X_train, y_train, X_test,
+    y_test``, optional ``class_names``; memory-mapped) or ``"factory"`` (``factory =
+    "path/to/file.py:make_datasets"`` returning ``(train, test)`` ``torch.utils.data.Dataset`` s of
+    ``(x, y)``; see :mod:`precompute.data.factory`). Image folders and factories are read lazily,
+    a batch at a time, through a ``DataLoader`` with ``workers`` processes (0: in the main process).
     ``class_names`` fixes the class order (and the allowed labels).
     ``label_noise`` flips that fraction of *training* labels to a random other class (seeded by
     ``noise_seed``); the flipped set is recorded as ground truth for mislabel detection.
@@ -68,10 +74,21 @@ class DataConfig:
     label_column: str = "label"
     feature_columns: list[str] | None = None
     class_names: list[str] | None = None
+    factory: str | None = None
+    workers: int = 0
 
     def validate(self) -> None:
         _check(self.source in DATA_SOURCES, "data.source", f"must be one of {list(DATA_SOURCES)}", self.source)
-        if self.source not in ("digits", "python"):
+        _check(isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 0,
+               "data.workers", "must be an integer >= 0 (DataLoader worker processes; 0 reads in the main process)",
+               self.workers)
+        if self.source == "factory":
+            _check(isinstance(self.factory, str) and ":" in self.factory, "data.factory",
+                   "must look like 'path/to/file.py:make_datasets' with data.source = \"factory\"", self.factory)
+            file, func = self.factory.rsplit(":", 1)
+            _check(Path(file).is_file(), "data.factory", "file not found; point it at your datasets file", self.factory)
+            self.factory = f"{Path(file).resolve()}:{func}"
+        elif self.source not in ("digits", "python"):
             _check(bool(self.path), "data.path", f"is required for source {self.source!r}", self.path)
             _check(Path(str(self.path)).exists(), "data.path", "does not exist; point it at your data", self.path)
             self.path = str(Path(str(self.path)).resolve())
@@ -186,6 +203,9 @@ class InfluenceConfig:
     train_batch_size: int = 512
     test_batch_size: int = 256
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    compression: dict[str, Any] = field(default_factory=dict)
+    store_scores: str = "auto"
+    store_dtype: str = "auto"
 
     def validate(self) -> None:
         """Types and ranges; the method names and their options are checked against the estimator
@@ -203,6 +223,12 @@ class InfluenceConfig:
         for key in ("train_batch_size", "test_batch_size"):
             v = getattr(self, key)
             _check(isinstance(v, int) and v >= 1, f"influence.{key}", "must be an integer >= 1", v)
+        _check(isinstance(self.compression, dict), "influence.compression",
+               "must be a table, e.g. { kind = \"factored\", dim = 4096 }", self.compression)
+        _check(self.store_scores in STORE_SCORES, "influence.store_scores", f"must be one of {list(STORE_SCORES)}",
+               self.store_scores)
+        _check(self.store_dtype in STORE_DTYPES, "influence.store_dtype", f"must be one of {list(STORE_DTYPES)}",
+               self.store_dtype)
 
 
 @dataclass
@@ -246,9 +272,13 @@ class MislabelConfig:
         return dataclasses.asdict(self)
 
 
+NOT_IDENTITY = ("device", "memory_budget", "chunk_rows")
+
+
 @dataclass
 class RunConfig:
-    """Everything that determines a cache. ``device`` is not part of a run's identity."""
+    """Everything that determines a cache. ``device``, ``memory_budget`` and ``chunk_rows`` are not part
+    of a run's identity (they change how the work is cut, never the result)."""
 
     name: str = "digits"
     data: DataConfig = field(default_factory=DataConfig)
@@ -258,11 +288,18 @@ class RunConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     mislabels: MislabelConfig = field(default_factory=MislabelConfig)
     device: str = "auto"
+    #: bytes for batches and store chunks, e.g. "4GB" (None: a quarter of the machine's memory, <= 8 GB)
+    memory_budget: str | int | None = None
+    #: rows per gradient-store chunk (None: from the memory budget); never changes the results
+    chunk_rows: int | None = None
 
     def validate(self) -> RunConfig:
         _check(is_safe_name(self.name), "name",
                "must be a non-empty folder name of letters, digits, '-', '_' or '.', not starting with '.'", self.name)
         _check(self.device in DEVICES, "device", f"must be one of {list(DEVICES)}", self.device)
+        _check(self.chunk_rows is None or (isinstance(self.chunk_rows, int) and not isinstance(self.chunk_rows, bool)
+                                           and self.chunk_rows >= 1), "chunk_rows", "must be an integer >= 1",
+               self.chunk_rows)
         for sub in (self.data, self.model, self.train, self.influence, self.embedding, self.mislabels):
             sub.validate()
         return self
@@ -273,7 +310,9 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The part of the config that determines the cache contents (everything but device)."""
         d = self.to_dict()
-        d.pop("device")
+        for key in NOT_IDENTITY:
+            d.pop(key)
+        d["data"].pop("workers", None)  # how many loader processes read the data: never the result
         return d
 
     @classmethod

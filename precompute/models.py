@@ -7,6 +7,7 @@ module is an ``nn.Linear`` whose *input* is the penultimate-layer feature vector
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,17 +59,24 @@ def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 
 @torch.no_grad()
-def penultimate_features(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Inputs of the last Linear layer, ``[n, d]``, gathered with a forward pre-hook."""
+def predict_with_features(model: nn.Module, x: Any, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass over ``x`` ``[n, ...]`` (a tensor or lazy rows, read ``batch_size`` at a time):
+    ``(logits [n, C], inputs of the last Linear layer [n, d])``, features via a forward pre-hook."""
+    from precompute.data.source import iter_slices
+
     _, head = last_linear(model)
     captured: list[torch.Tensor] = []
     handle = head.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
     try:
-        for start in range(0, len(x), batch_size):
-            model(x[start:start + batch_size])
+        logits = [model(xb) for xb in iter_slices(x, batch_size)]
     finally:
         handle.remove()
-    return torch.cat(captured).reshape(len(x), -1)
+    return torch.cat(logits), torch.cat(captured).reshape(len(x), -1)
+
+
+def penultimate_features(model: nn.Module, x: Any, batch_size: int = 1024) -> torch.Tensor:
+    """Inputs of the last Linear layer, ``[n, d]``, gathered with a forward pre-hook."""
+    return predict_with_features(model, x, batch_size)[1]
 
 
 def count_parameters(model: nn.Module) -> int:

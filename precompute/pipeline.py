@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import time
 import warnings
 from collections.abc import Callable
@@ -18,16 +17,21 @@ import torch
 from tqdm.auto import tqdm
 
 from cache_format import names as fmt
-from precompute.cache import CacheWriter, ScoreWriter
+from precompute.cache import CacheWriter
 from precompute.cache.writer import existing_run_status
 from precompute.config import RunConfig
 from precompute.data import SplitDataset, load_dataset
+from precompute.data.display import write_display
+from precompute.data.source import as_model_input
 from precompute.errors import ConfigError
 from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence.registry import check_influence_config
-from precompute.influence.runner import compute_self_influence, compute_train_factors, score_blocks
-from precompute.models import build_model, count_parameters, penultimate_features
+from precompute.models import build_model, count_parameters, predict_with_features
 from precompute.params import ParamSpace, select_parameters
+from precompute.store.budget import peak_rss_mb, reset_peak_rss, resolve_budget
+from precompute.store.compression_choice import build_compressor
+from precompute.store.stage import model_fingerprint, run_method
+from precompute.store.workdir import WorkDir
 from precompute.training import Checkpoint, TrainResult, train_model
 from precompute.user_model import check_output_size, load_user_model
 
@@ -52,22 +56,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
 
 class _Stages:
     def __init__(self, log: Callable[[str], None]):
         self.timings: dict[str, float] = {}
+        self.peak_rss: dict[str, float] = {}
         self.log = log
 
     @contextmanager
     def stage(self, name: str):
         t0 = time.perf_counter()
+        reset_peak_rss()
         self.log(f"[{name}] ...")
         yield
         self.timings[name] = round(time.perf_counter() - t0, 3)
-        self.log(f"[{name}] done in {self.timings[name]:.1f}s")
+        self.peak_rss[name] = round(peak_rss_mb(), 1)
+        self.log(f"[{name}] done in {self.timings[name]:.1f}s (peak RSS {self.peak_rss[name]:.0f} MB)")
 
 
 def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str | Path | None = None,
@@ -90,110 +94,116 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
         return PrecomputeResult(path=run_dir, skipped=True)
     estimators = {m: get_estimator(m, cfg.influence.options.get(m)) for m in cfg.influence.methods}
     device = resolve_device(cfg.device)
+    budget = resolve_budget(cfg.memory_budget)
     stages = _Stages(log)
     t_start = time.perf_counter()
-    with CacheWriter(run_dir) as writer:
-        with stages.stage("data"):
-            ds = dataset if dataset is not None else load_dataset(cfg.data)
-        dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
-        x_tr = torch.as_tensor(ds.x_train, dtype=dtype, device=device)
-        y_tr = torch.as_tensor(ds.y_train, device=device)
-        x_te = torch.as_tensor(ds.x_test, dtype=dtype, device=device)
-        y_te = torch.as_tensor(ds.y_test, device=device)
+    work = WorkDir(run_dir, identity, log)
+    try:
+        with CacheWriter(run_dir) as writer:
+            with stages.stage("data"):
+                ds = dataset if dataset is not None else load_dataset(cfg.data)
+            dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
+            # in-memory arrays become tensors; streamed data a SampleArray read by rows (x[s:e], x[idx])
+            x_tr = as_model_input(ds.x_train, dtype, device)
+            y_tr = torch.as_tensor(ds.y_train, device=device)
+            x_te = as_model_input(ds.x_test, dtype, device)
+            y_te = torch.as_tensor(ds.y_test, device=device)
 
-        if model is not None:
-            model = model.to(device=device, dtype=dtype).eval()
-            check_output_size(model, x_te, ds.n_classes, "the model")
-            ckpts = checkpoints or [Checkpoint(epoch=1, lr=1.0, state_dict=_state(model))]
-            trained = TrainResult(checkpoints=ckpts)
-        elif cfg.model.factory:
-            with stages.stage("load model"):
-                model, states = load_user_model(cfg.model.factory, cfg.model.checkpoints, x_te.cpu(), ds.n_classes)
+            if model is not None:
                 model = model.to(device=device, dtype=dtype).eval()
-                lrs = cfg.model.checkpoint_lrs or [1.0] * len(states)
-                trained = TrainResult(checkpoints=[Checkpoint(epoch=i + 1, lr=lr, state_dict=st)
-                                                   for i, (st, lr) in enumerate(zip(states, lrs, strict=True))])
+                check_output_size(model, x_te, ds.n_classes, "the model")
+                ckpts = checkpoints or [Checkpoint(epoch=1, lr=1.0, state_dict=_state(model))]
+                trained = TrainResult(checkpoints=ckpts)
+            elif cfg.model.factory:
+                with stages.stage("load model"):
+                    model, states = load_user_model(cfg.model.factory, cfg.model.checkpoints, x_te[:1].cpu(), ds.n_classes)
+                    model = model.to(device=device, dtype=dtype).eval()
+                    lrs = cfg.model.checkpoint_lrs or [1.0] * len(states)
+                    trained = TrainResult(checkpoints=[Checkpoint(epoch=i + 1, lr=lr, state_dict=st)
+                                                       for i, (st, lr) in enumerate(zip(states, lrs, strict=True))])
+            else:
+                model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
+                with stages.stage("train"):
+                    bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
+                    trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
+                        bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
+                    bar.close()
+                    model.eval()
+            for i, ck in enumerate(trained.checkpoints):
+                torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
+
+            with stages.stage("predictions"):
+                outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
+                for name, arr in outputs["arrays"].items():
+                    writer.save_array(name, arr)
+
+            space = ParamSpace(model, select_parameters(model, cfg.influence.params))
+            compressor = build_compressor(cfg, model, space, x_tr, list(estimators.values()), budget, log)
+            task = InfluenceTask(model=model, space=space, x_train=x_tr, y_train=y_tr,
+                                 weight_decay=cfg.train.weight_decay, damping=cfg.influence.damping,
+                                 checkpoints=trained.checkpoints, batch_size=cfg.influence.train_batch_size,
+                                 compressor=compressor)
+            fingerprints = (model_fingerprint(model), ds.fingerprint())
+            method_info: dict[str, Any] = {}
+            for name, est in estimators.items():
+                with stages.stage(f"influence:{name}"):
+                    method_info[name] = run_method(
+                        name, est, task, x_te, y_te, writer, work, topk=cfg.influence.topk,
+                        train_batch=cfg.influence.train_batch_size, test_batch=cfg.influence.test_batch_size,
+                        budget=budget, store_scores=cfg.influence.store_scores, store_dtype=cfg.influence.store_dtype,
+                        chunk_rows=cfg.chunk_rows, fingerprints=fingerprints, progress=progress, log=log)
+            for name in estimators:
+                method_info[name]["seconds"] = stages.timings[f"influence:{name}"]
+
+            mislabel_info = None
+            if cfg.mislabels.enabled:
+                with stages.stage("mislabels"):
+                    from precompute.mislabels import run_mislabel_stage
+
+                    self_inf = {m: np.load(writer.path(f"{fmt.METHODS_DIR}/{m}/{fmt.SELF_INFLUENCE}.npy"))
+                                for m in estimators}
+                    mislabel_info = run_mislabel_stage(cfg, ds, model, outputs, self_inf, writer, device, log)
+
+            with stages.stage("embedding"):
+                emb = _umap(outputs["features"], cfg)
+                writer.save_array(fmt.EMBEDDING, emb)
+
+            with stages.stage("write"):
+                # thumbnails of streamed data are rendered chunk by chunk into memmaps (write_display)
+                texts = {"train": write_display(writer, fmt.TRAIN_IMAGES, ds.images_train),
+                         "test": write_display(writer, fmt.TEST_IMAGES, ds.images_test)}
+                writer.save_parquet(fmt.SAMPLES, _samples_frame(ds, outputs, texts))
+            stages.timings["total"] = round(time.perf_counter() - t_start, 3)
+            manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device)
+            manifest["dataset"]["labels_override"] = ds.extra.get("labels_override")
+            if mislabel_info is not None:
+                manifest["mislabels"] = mislabel_info
+            manifest["memory_budget_bytes"] = budget
+            manifest["peak_rss_mb"] = stages.peak_rss
+            path = writer.finalize(manifest)
+    except BaseException:
+        if work.has_progress():
+            log(f"kept the completed gradient-store chunks in {work.root}; rerun the same command to resume")
         else:
-            model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
-            with stages.stage("train"):
-                bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
-                trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
-                    bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
-                bar.close()
-                model.eval()
-        for i, ck in enumerate(trained.checkpoints):
-            torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
-
-        with stages.stage("predictions"):
-            outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
-            for name, arr in outputs["arrays"].items():
-                writer.save_array(name, arr)
-
-        space = ParamSpace(model, select_parameters(model, cfg.influence.params))
-        task = InfluenceTask(model=model, space=space, x_train=x_tr, y_train=y_tr,
-                             weight_decay=cfg.train.weight_decay, damping=cfg.influence.damping,
-                             checkpoints=trained.checkpoints, batch_size=cfg.influence.train_batch_size)
-        method_info: dict[str, Any] = {}
-        for name, est in estimators.items():
-            with stages.stage(f"influence:{name}"):
-                method_info[name] = _run_method(name, est, task, x_te, y_te, writer, cfg, progress)
-        for name in estimators:
-            method_info[name]["seconds"] = stages.timings[f"influence:{name}"]
-
-        mislabel_info = None
-        if cfg.mislabels.enabled:
-            with stages.stage("mislabels"):
-                from precompute.mislabels import run_mislabel_stage
-
-                self_inf = {m: np.load(writer.path(f"{fmt.METHODS_DIR}/{m}/{fmt.SELF_INFLUENCE}.npy"))
-                            for m in estimators}
-                mislabel_info = run_mislabel_stage(cfg, ds, model, outputs, self_inf, writer, device, log)
-
-        with stages.stage("embedding"):
-            emb = _umap(outputs["features"], cfg)
-            writer.save_array(fmt.EMBEDDING, emb)
-
-        with stages.stage("write"):
-            writer.save_parquet(fmt.SAMPLES, _samples_frame(ds, outputs))
-            writer.save_array(fmt.TRAIN_IMAGES, ds.images_train)
-            writer.save_array(fmt.TEST_IMAGES, ds.images_test)
-        stages.timings["total"] = round(time.perf_counter() - t_start, 3)
-        manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device)
-        manifest["dataset"]["labels_override"] = ds.extra.get("labels_override")
-        if mislabel_info is not None:
-            manifest["mislabels"] = mislabel_info
-        path = writer.finalize(manifest)
-    return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=peak_rss_mb(), manifest=manifest)
-
-
-def _run_method(name, est, task, x_te, y_te, writer, cfg, progress) -> dict[str, Any]:
-    n_test, n_train = len(x_te), task.n_train
-    est.fit(task)
-    tb, qb = cfg.influence.train_batch_size, cfg.influence.test_batch_size
-    bar = tqdm(total=n_train + n_test, desc=name, unit="sample", disable=not progress, leave=False)
-    train_f = compute_train_factors(est, task, tb, tick=bar.update)
-    sink = ScoreWriter(writer, name, n_test, n_train, cfg.influence.topk)
-    for s, block in score_blocks(est, train_f, x_te, y_te, qb):
-        sink.write_rows(s, block)
-        bar.update(len(block))
-    bar.close()
-    sink.close(compute_self_influence(est, task, tb, train_f))
-    return {"config": est.config.to_dict(), "damping": est.damping_for(task), "summary": est.summary,
-            "fit": est.fit_info(), "topk": sink.k_row}
+            work.remove()
+        raise
+    work.remove()
+    return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=max(stages.peak_rss.values(), default=peak_rss_mb()),
+                            manifest=manifest)
 
 
 @torch.no_grad()
-def _predictions(model, x_tr, y_tr, x_te, y_te) -> dict[str, Any]:
+def _predictions(model, x_tr, y_tr, x_te, y_te, batch_size: int = 1024) -> dict[str, Any]:
+    """Logits and penultimate features of both splits in one pass over each (``x`` tensor or lazy rows)."""
     out: dict[str, Any] = {"arrays": {}}
     for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
-        logits = torch.cat([model(x[s:s + 1024]) for s in range(0, len(x), 1024)])
+        logits, feats = predict_with_features(model, x, batch_size)
         probs = torch.softmax(logits, 1)
         loss = torch.nn.functional.cross_entropy(logits, y, reduction="none")
         out[split] = {"pred": probs.argmax(1).cpu().numpy(), "confidence": probs.max(1).values.cpu().numpy(),
                       "loss": loss.cpu().numpy(), "probs": probs.cpu().numpy()}
         out["arrays"][f"{split}_probs"] = probs.to(torch.float32).cpu().numpy()
-        feats = penultimate_features(model, x).to(torch.float32).cpu().numpy()
-        out["arrays"][f"{split}_features"] = feats
+        out["arrays"][f"{split}_features"] = feats.to(torch.float32).cpu().numpy()
     out["features"] = np.concatenate([out["arrays"]["train_features"], out["arrays"]["test_features"]])
     return out
 
@@ -210,7 +220,9 @@ def _umap(features: np.ndarray, cfg: RunConfig) -> np.ndarray:
         return reducer.fit_transform(f).astype(np.float32)
 
 
-def _samples_frame(ds: SplitDataset, outputs: dict[str, Any]) -> pd.DataFrame:
+def _samples_frame(ds: SplitDataset, outputs: dict[str, Any],
+                   texts: dict[str, list[str] | None] | None = None) -> pd.DataFrame:
+    """One row per sample (train rows first); a ``text`` column where the samples are shown as text."""
     frames = []
     for split, y, n in (("train", ds.y_train, ds.n_train), ("test", ds.y_test, ds.n_test)):
         o = outputs[split]
@@ -228,6 +240,8 @@ def _samples_frame(ds: SplitDataset, outputs: dict[str, Any]) -> pd.DataFrame:
         }))
         if f"{split}_paths" in ds.extra:
             frames[-1]["path"] = ds.extra[f"{split}_paths"]
+        if texts and texts.get(split) is not None:
+            frames[-1]["text"] = texts[split]
     return pd.concat(frames, ignore_index=True)
 
 
@@ -236,15 +250,9 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info, timings, device) -> dict[str, Any]:
-    import hashlib
-
     import numpy
     import sklearn
 
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
     # loss/accuracy from the predictions already computed (no second pass over the data)
     test_loss, test_acc = float(outputs["test"]["loss"].mean()), float((outputs["test"]["pred"] == ds.y_test).mean())
     train_loss = float(outputs["train"]["loss"].mean())
@@ -260,10 +268,12 @@ def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info,
             "source_path": ds.extra.get("source_path"),
             "skipped_corrupt": len(ds.extra.get("skipped_corrupt", [])),
             "skipped_corrupt_files": ds.extra.get("skipped_corrupt", [])[:20],
+            "streamed": ds.streamed, "workers": cfg.data.workers,
+            "display": getattr(ds.images_train, "kind", "image"),
         },
         "model": {
             "arch": _model_label(cfg, model), "n_params": count_parameters(model), "n_influence_params": space.size,
-            "influence_params": space.names, "fingerprint": h.hexdigest()[:16],
+            "influence_params": space.names, "fingerprint": model_fingerprint(model),
             "train_accuracy": train_acc, "test_accuracy": test_acc, "train_loss": train_loss, "test_loss": test_loss,
             "history": trained.history,
             "checkpoints": [{"path": f"checkpoints/checkpoint_{i:02d}.pt", "epoch": c.epoch, "lr": c.lr}

@@ -3,6 +3,10 @@
 Objective: mean cross-entropy + ``weight_decay / 2 * ||theta||^2`` (L2 in the loss, so influence
 methods differentiate the real objective). ``adam``/``sgd`` train in shuffled minibatches from a
 seeded generator; ``lbfgs`` trains full-batch (convex models: reaches the optimum influence assumes).
+
+``x`` may be a tensor or a lazy :class:`~precompute.data.source.SampleArray`: minibatches are then
+read (and prefetched) per batch, and the full-batch L-BFGS objective is accumulated over chunks of
+:data:`FULL_BATCH_CHUNK` rows, so memory holds one batch, never the dataset.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ import torch
 from torch import nn
 
 from precompute.config import TrainConfig
+from precompute.data.source import Rows, iter_rows, iter_slices
+
+#: rows per forward pass when the full-batch objective is accumulated over a lazy ``x``
+FULL_BATCH_CHUNK = 1024
 
 
 @dataclass
@@ -42,12 +50,29 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight_decay: 
     return nn.functional.cross_entropy(model(x), y) + l2_penalty(model, weight_decay)
 
 
+def objective_backward(model: nn.Module, x: Rows, y: torch.Tensor, weight_decay: float,
+                       chunk: int = FULL_BATCH_CHUNK) -> torch.Tensor:
+    """``objective(model, x, y)`` with its gradient accumulated chunk by chunk (``x`` ``[n, ...]`` lazy);
+    returns the objective's value (detached). The sum over chunks equals the full batch's up to rounding."""
+    n = len(x)
+    total = torch.zeros((), dtype=next(model.parameters()).dtype, device=y.device)
+    for s, xb in zip(range(0, n, chunk), iter_slices(x, chunk), strict=True):
+        part = nn.functional.cross_entropy(model(xb), y[s:s + chunk], reduction="sum") / n
+        part.backward()
+        total = total + part.detach()
+    pen = l2_penalty(model, weight_decay)
+    if isinstance(pen, torch.Tensor):
+        pen.backward()
+        total = total + pen.detach()
+    return total
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(model: nn.Module, x: Rows, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on (x, y)."""
     losses, correct = [], 0
-    for s in range(0, len(x), batch_size):
-        logits = model(x[s:s + batch_size])
+    for s, xb in zip(range(0, len(x), batch_size), iter_slices(x, batch_size), strict=True):
+        logits = model(xb)
         losses.append(nn.functional.cross_entropy(logits, y[s:s + batch_size], reduction="sum"))
         correct += (logits.argmax(1) == y[s:s + batch_size]).sum().item()
     return (torch.stack(losses).sum().item() / max(len(x), 1)), correct / max(len(x), 1)
@@ -61,10 +86,10 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
 
 def train_model(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Rows,
     y: torch.Tensor,
     cfg: TrainConfig,
-    x_val: torch.Tensor | None = None,
+    x_val: Rows | None = None,
     y_val: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     init_seed: int | None = None,
@@ -93,6 +118,8 @@ def train_model(
         if cfg.optimizer == "lbfgs":
             def closure() -> torch.Tensor:
                 opt.zero_grad()
+                if not isinstance(x, torch.Tensor):
+                    return objective_backward(model, x, y, cfg.weight_decay)
                 loss = objective(model, x, y, cfg.weight_decay)
                 loss.backward()
                 return loss
@@ -101,10 +128,11 @@ def train_model(
             lr_used = cfg.lr
         else:
             perm = torch.randperm(n, generator=gen)
-            for s in range(0, n, cfg.batch_size):
-                idx = perm[s:s + cfg.batch_size].to(x.device)
+            batches = [perm[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
+            for idx, xb in zip(batches, iter_rows(x, batches), strict=True):
+                idx = idx.to(y.device)
                 opt.zero_grad()
-                objective(model, x[idx], y[idx], cfg.weight_decay).backward()
+                objective(model, xb, y[idx], cfg.weight_decay).backward()
                 opt.step()
         lr_used = opt.param_groups[0]["lr"]
         if sched is not None:

@@ -15,27 +15,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from precompute.errors import ModelError
+from precompute.errors import InfluenceExplorerError, ModelError
 
 
-def load_factory(spec: str):
-    """Resolve ``"file.py:function"`` to the callable."""
+def load_factory(spec: str, key: str = "model.factory", what: str = "model", example: str = "make_model",
+                 error: type[InfluenceExplorerError] = ModelError):
+    """Resolve ``"file.py:function"`` to the callable; failures raise ``error`` naming ``key`` / the file."""
     if ":" not in spec:
-        raise ModelError(f"model.factory: {spec!r} must look like 'path/to/file.py:make_model'")
+        raise error(f"{key}: {spec!r} must look like 'path/to/file.py:{example}'")
     path_str, func = spec.rsplit(":", 1)
     path = Path(path_str)
     if not path.is_file():
-        raise ModelError(f"{path}: model file not found; set model.factory = 'path/to/file.py:{func}'")
-    mod_name = f"_influence_user_model_{abs(hash(str(path.resolve())))}"
+        raise error(f"{path}: {what} file not found; set {key} = 'path/to/file.py:{func}'")
+    mod_name = f"_influence_user_{what}_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     module = importlib.util.module_from_spec(module_spec)
     try:
         sys.modules[mod_name] = module
         module_spec.loader.exec_module(module)
     except Exception as exc:  # the user's code: report any error as one line
-        raise ModelError(f"{path}: importing the model file failed ({type(exc).__name__}: {exc})") from None
+        raise error(f"{path}: importing the {what} file failed ({type(exc).__name__}: {exc})") from None
     if not callable(getattr(module, func, None)):
-        raise ModelError(f"{path}: has no function {func!r}; define it or fix model.factory")
+        raise error(f"{path}: has no function {func!r}; define it or fix {key}")
     return getattr(module, func)
 
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from precompute.data.image_folder import load_image_folder
-from precompute.data.tabular import load_npz, load_table
+from precompute.data.npy import load_npz
+from precompute.data.tabular import load_table
 from precompute.errors import DataError, ModelError
 from precompute.user_model import load_user_model
 

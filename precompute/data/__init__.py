@@ -2,5 +2,6 @@
 
 from precompute.data.dataset import SplitDataset, inject_label_noise
 from precompute.data.loading import load_dataset
+from precompute.data.source import SampleArray, SampleSource
 
-__all__ = ["SplitDataset", "inject_label_noise", "load_dataset"]
+__all__ = ["SampleArray", "SampleSource", "SplitDataset", "inject_label_noise", "load_dataset"]

@@ -1,13 +1,28 @@
-"""The in-memory dataset a run works on, and the loader that dispatches on ``data.source``."""
+"""The dataset a run works on (in memory or streamed), label noise and label overrides."""
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from precompute.errors import DataError
+
+
+def _hash_rows(h: Any, x: Any) -> None:
+    """Feed ``x``'s float32 rows to ``h``: an in-memory array at once, a lazy source chunk by chunk
+    (the same bytes, so a streamed dataset has the fingerprint of the same data in memory)."""
+    from precompute.data.source import ArraySource, SampleSource
+
+    if isinstance(x, np.memmap):
+        x = ArraySource(x)
+    if isinstance(x, SampleSource):
+        for s, e in x.chunks():
+            h.update(x.read_range(s, e).numpy().tobytes())
+    else:
+        h.update(np.ascontiguousarray(x).tobytes())
 
 
 @dataclass
@@ -17,15 +32,19 @@ class SplitDataset:
     Shapes: ``x_*`` ``[n, *input_shape]`` float32; ``y_*`` ``[n]`` int64 (``y_train`` is the label the
     model is trained on, after any injected noise); ``images_*`` ``[n, H, W]`` or ``[n, H, W, 3]``
     uint8 for rendering; ``y_train_original`` ``[n_train]``; ``flipped`` ``[n_train]`` bool.
+
+    Streamed datasets hold a :class:`~precompute.data.source.SampleSource` in ``x_*`` (read by rows,
+    never whole) and a :class:`~precompute.data.display.DisplaySource` in ``images_*`` (thumbnails
+    rendered chunk by chunk); both have ``shape`` and ``len`` like the arrays.
     """
 
     name: str
-    x_train: np.ndarray
+    x_train: Any
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: Any
     y_test: np.ndarray
-    images_train: np.ndarray
-    images_test: np.ndarray
+    images_train: Any
+    images_test: Any
     class_names: list[str]
     y_train_original: np.ndarray
     flipped: np.ndarray
@@ -49,12 +68,23 @@ class SplitDataset:
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def streamed(self) -> bool:
+        """Whether the inputs are read lazily (not in-memory arrays)."""
+        return not (isinstance(self.x_train, np.ndarray) and not isinstance(self.x_train, np.memmap))
+
     def fingerprint(self) -> str:
-        """sha256 over inputs and (possibly noisy) labels of both splits."""
-        h = hashlib.sha256()
-        for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        return h.hexdigest()[:16]
+        """sha256 over inputs (float32 bytes) and (possibly noisy) labels of both splits; computed in
+        chunks for streamed inputs and remembered for the labels it was computed with."""
+        key = hashlib.sha256(np.ascontiguousarray(self.y_train).tobytes()
+                             + np.ascontiguousarray(self.y_test).tobytes()).hexdigest()
+        memo = self.extra.setdefault("_fingerprints", {}) if self.streamed else {}
+        if key not in memo:
+            h = hashlib.sha256()
+            for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
+                _hash_rows(h, arr)
+            memo[key] = h.hexdigest()[:16]
+        return memo[key]
 
 
 def inject_label_noise(y: np.ndarray, n_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

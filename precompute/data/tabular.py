@@ -1,4 +1,5 @@
-"""Tables (CSV / parquet) and numpy archives (``.npz``) as datasets, validated before any training.
+"""Tables (CSV / parquet), numpy archives (``.npz``, memory-mapped) and in-memory arrays as datasets,
+validated before any training.
 
 Validation errors name the file and the column/key and say what to change: missing files, unknown
 columns, labels outside the class list, a single class, an empty split, NaN/inf features.
@@ -118,28 +119,6 @@ def load_table(path: str | Path, label_column: str, feature_columns: list[str] |
     return _finish(p.stem, xs[tr], y[tr], xs[te], y[te], feature_strip_images(x[tr], lo, hi),
                    feature_strip_images(x[te], lo, hi), names, tr, te,
                    {"feature_columns": cols, "source_path": str(p)})
-
-
-def load_npz(path: str | Path, class_names: list[str] | None = None) -> SplitDataset:
-    """``.npz`` with ``X_train, y_train, X_test, y_test`` (optional ``class_names``).
-
-    ``X`` of shape ``[n, d]`` is a feature table; ``[n, H, W]`` / ``[n, C, H, W]`` images (C = 1 or 3).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: .npz file not found; set data.path")
-    try:
-        z = np.load(p, allow_pickle=False)
-        keys = set(z.files)
-    except Exception as exc:
-        raise DataError(f"{p}: cannot read .npz ({type(exc).__name__}); save it with np.savez") from None
-    need = ["X_train", "y_train", "X_test", "y_test"]
-    if missing := [k for k in need if k not in keys]:
-        raise DataError(f"{p}: missing arrays {missing}; it must hold {need} (and optionally class_names)")
-    names = class_names or ([str(c) for c in z["class_names"]] if "class_names" in keys else None)
-    ds = arrays_to_dataset(p.stem, z["X_train"], z["y_train"], z["X_test"], z["y_test"], names, str(p))
-    ds.extra["source_path"] = str(p)
-    return ds
 
 
 def arrays_to_dataset(name: str, x_train, y_train, x_test, y_test, class_names: list[str] | None = None,

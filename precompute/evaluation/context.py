@@ -22,6 +22,7 @@ from cache_format.atomic import atomic_write
 from cache_format.runs import CacheProblem, RunCache
 from precompute.config import RunConfig
 from precompute.data import SplitDataset, load_dataset
+from precompute.data.source import materialize
 from precompute.errors import CacheError, ConfigError, ModelError
 from precompute.models import build_model
 from precompute.training import Checkpoint
@@ -114,7 +115,7 @@ class RunContext:
 
     @cached_property
     def x_train(self) -> torch.Tensor:
-        return torch.as_tensor(self.ds.x_train, dtype=self.dtype)
+        return materialize(self.ds.x_train, self.dtype)  # retraining needs it whole (streamed data too)
 
     @cached_property
     def y_train(self) -> torch.Tensor:
@@ -122,7 +123,7 @@ class RunContext:
 
     @cached_property
     def x_test(self) -> torch.Tensor:
-        return torch.as_tensor(self.ds.x_test, dtype=self.dtype)
+        return materialize(self.ds.x_test, self.dtype)
 
     @cached_property
     def y_test(self) -> torch.Tensor:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
 
 from precompute.config import ModelConfig, TrainConfig
+from precompute.data.source import as_model_input, subset_rows
 from precompute.models import build_model, count_parameters
 from precompute.training import train_model
 
@@ -41,18 +43,19 @@ def fold_assignment(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return fold
 
 
-def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
+def out_of_fold_probs(x: Any, y: np.ndarray, n_classes: int, model_cfg: ModelConfig, train_cfg: TrainConfig,
                       folds: int = 5, seed: int = 0, device: torch.device | str = "cpu",
                       log: Callable[[str], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``[n, n_classes]`` for every training sample from a model that never saw it.
 
     Each of ``folds`` models is built with ``build_model(model_cfg)`` and trained with
     ``train_model(train_cfg)`` (the run's own recipe, seeded by ``seed + fold``) on the other folds,
-    then predicts its held-out fold. Returns ``(probs float32, fold [n] int64)``.
+    then predicts its held-out fold. Returns ``(probs float32, fold [n] int64)``. ``x`` ``[n, ...]``:
+    an array or a lazy source (folds are then lazy subsets, read a batch at a time).
     """
     fold = fold_assignment(y, folds, seed)
     dtype = torch.float64 if model_cfg.dtype == "float64" else torch.float32
-    xt = torch.as_tensor(x, dtype=dtype, device=device)
+    xt = as_model_input(x, dtype, device)
     yt = torch.as_tensor(y, device=device)
     probs = np.zeros((len(y), n_classes), np.float32)
     probe = build_model(model_cfg, tuple(x.shape[1:]), n_classes)
@@ -62,7 +65,7 @@ def out_of_fold_probs(x: np.ndarray, y: np.ndarray, n_classes: int, model_cfg: M
             tr = torch.as_tensor(np.flatnonzero(fold != k), device=device)
             te = torch.as_tensor(np.flatnonzero(fold == k), device=device)
             model = build_model(model_cfg, tuple(x.shape[1:]), n_classes).to(device)
-            train_model(model, xt[tr], yt[tr], train_cfg, init_seed=seed * 1000 + train_cfg.seed + k)
+            train_model(model, subset_rows(xt, tr), yt[tr], train_cfg, init_seed=seed * 1000 + train_cfg.seed + k)
             model.eval()
             with torch.no_grad():
                 p = torch.cat([torch.softmax(model(xt[te[s:s + 1024]]), 1) for s in range(0, len(te), 1024)])

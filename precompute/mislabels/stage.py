@@ -15,6 +15,7 @@ from cache_format import names
 from precompute.cache import CacheWriter
 from precompute.config import RunConfig
 from precompute.data import SplitDataset
+from precompute.data.source import as_model_input
 from precompute.gradients import per_sample_gradients
 from precompute.mislabels.oof import out_of_fold_probs
 from precompute.mislabels.ranking import (
@@ -58,7 +59,7 @@ def run_mislabel_stage(cfg: RunConfig, ds: SplitDataset, model: torch.nn.Module,
     t0 = time.perf_counter()
     space = ParamSpace(model, select_parameters(model, "last_layer"))
     p = next(model.parameters())
-    grads = per_sample_gradients(model, torch.as_tensor(ds.x_train, dtype=p.dtype, device=device),
+    grads = per_sample_gradients(model, as_model_input(ds.x_train, p.dtype, device),  # batched: lazy rows work
                                  torch.as_tensor(y, device=device), space).to("cpu", torch.float64).numpy()
     scores["oga"] = oga_scores(grads, mc.detector, mc.seed)
     timings["oga"] = round(time.perf_counter() - t0, 3)
