@@ -10,6 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 CACHE_DIR  ?= cache
 SAMPLE     ?= digits
 PORT       ?= 8501
+# 127.0.0.1: this machine only (the app has no authentication; see README "Security model")
+ADDRESS    ?= 127.0.0.1
 
 BIN := $(VENV)/bin
 PY  := $(BIN)/python
@@ -36,7 +38,7 @@ precompute: install
 	fi
 
 app: install
-	$(BIN)/influence-explorer app --cache-dir $(CACHE_DIR) --port $(PORT)
+	$(BIN)/influence-explorer app --cache-dir $(CACHE_DIR) --port $(PORT) --address $(ADDRESS)
 
 demo: precompute app
 

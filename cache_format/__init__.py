@@ -5,6 +5,7 @@ it through them. Nothing here imports torch, precompute or explorer.
 
 - :mod:`cache_format.names`: every file and folder name, format versions, :func:`is_safe_name`
 - :mod:`cache_format.runs`: :func:`run_dir` (runs by name only), manifest validation, :class:`RunCache`
+- :mod:`cache_format.validate`: a run's files checked against its manifest (:func:`check_run`)
 - :mod:`cache_format.mislabels`: suspected-mislabel rankings, detection metrics, their reader
 - :mod:`cache_format.evaluation`: the trust evaluation's results (LDS, LOO, damping, ...)
 - :mod:`cache_format.metrics`: rank correlation and top-k overlap, defined once

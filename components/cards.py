@@ -7,12 +7,26 @@ Streamlit, one ``st.button`` per card (``st.image`` has no click event).
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import streamlit as st
 
 from components.colors import score_color
+
+#: markdown punctuation that could start a link or image: as character references (HTML shows them
+#: as the characters), so text from a cache stays text even where markdown would see it
+_MD = {ord(c): f"&#{ord(c)};" for c in "![]`$*~|\\"}
+
+
+_BARE_URL = re.compile(r"(?i)\b(https?:|www)(?=//|\.)")
+
+
+def _esc(text: object) -> str:
+    """Text from a cache (a label, a file path) for the card's HTML: escaped for HTML and markdown (a
+    bare URL gets an invisible word joiner after its scheme, so markdown never makes it a link)."""
+    return _BARE_URL.sub("\\1\u2060", html.escape(str(text)).translate(_MD))
 
 
 @dataclass(frozen=True)
@@ -46,15 +60,15 @@ def badge_html(text: str, color: str = "#b26a00", background: str = "#fff3e0") -
     """A small rounded label (e.g. 'label ≠ 3')."""
     return (f'<span class="ie-badge" style="display:inline-block;font-size:0.72rem;padding:1px 7px;margin:2px 2px 0 0;'
             f'border-radius:9px;color:{color};background:{background};border:1px solid {color}55">'
-            f"{html.escape(text)}</span>")
+            f"{_esc(text)}</span>")
 
 
 def card_html(card: Card, image_px: int = 96) -> str:
     """The card body (image, lines, score bar, badges) as one HTML block."""
     parts = [
         f'<div class="ie-card" style="border-top:4px solid {card.accent};padding-top:6px;text-align:center">',
-        f'<img class="ie-img" src="{card.image_uri}" alt="{html.escape(card.alt)}"'
-        + (f' title="{html.escape(card.title)}"' if card.title else "")
+        f'<img class="ie-img" src="{html.escape(card.image_uri)}" alt="{_esc(card.alt)}"'
+        + (f' title="{_esc(card.title)}"' if card.title else "")
         + f' width="{image_px}" height="{image_px}" '
         f'style="image-rendering:pixelated;border-radius:4px;width:100%;max-width:{image_px}px;height:auto;aspect-ratio:1/1;object-fit:contain;background:#000"/>',
         '<div style="font-size:0.82rem;line-height:1.35;margin-top:4px;text-align:left">',
@@ -64,7 +78,8 @@ def card_html(card: Card, image_px: int = 96) -> str:
         parts.append(score_bar_html(card.score, card.scale))
     parts.append("".join(badge_html(b) for b in card.badges))
     parts.append("</div></div>")
-    return "".join(parts)
+    # one line: a blank line (e.g. in a label from a CSV) would end the HTML block and let markdown in
+    return re.sub(r"[\r\n\f\v\u2028\u2029]+", " ", "".join(parts))
 
 
 def card_grid(cards: Sequence[Card], n_cols: int, on_click: Callable[[int], None], image_px: int = 96) -> None:

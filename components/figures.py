@@ -12,6 +12,8 @@ into ``{"0": id, "1": index}``. :func:`point_id` reads all three forms (scalar, 
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +24,13 @@ from components.colors import DIVERGING, NEUTRAL, OPPONENT, PROPONENT, class_col
 
 STAR_COLOR = "#ffc400"
 OVERLAY_NAMES = ("proponent links", "opponent links", "top-k", "selected")
+
+
+def plot_text(value: object) -> str:
+    """A string from a cache (a class or method name) as plotly text: plotly renders a few HTML tags
+    (``<a href>``, ``<b>``, ``<br>``) in names, hover text and axis labels, so ``<``, ``>`` and ``&``
+    are escaped (plotly shows the entities as the characters) and line breaks become spaces."""
+    return html.escape(re.sub(r"\s+", " ", str(value)), quote=False)
 
 
 def _ids(global_ids: np.ndarray, n_train: int) -> np.ndarray:
@@ -58,7 +67,7 @@ def embedding_figure(xy: np.ndarray, labels: np.ndarray, n_train: int, class_nam
     is_test = gid >= n_train
     fig = go.Figure()
     if scores is None:
-        for c, cname in enumerate(class_names):
+        for c, cname in enumerate(plot_text(n) for n in class_names):
             for split, mask, symbol, size in (("train", ~is_test, "circle", 4), ("test", is_test, "diamond", 6)):
                 m = mask & (labels == c)
                 if not m.any():
@@ -130,7 +139,7 @@ def overlay_traces(xy: np.ndarray, n_train: int, focus: int | None, proponents: 
         x=[float(xy[focus, 0])], y=[float(xy[focus, 1])], mode="markers", name=OVERLAY_NAMES[3], showlegend=False,
         customdata=_ids(np.array([focus]), n_train),
         marker=dict(symbol="star", size=22, color=STAR_COLOR, line=dict(color="black", width=1.5)),
-        hovertemplate=(focus_label or "selected") + "<extra></extra>",
+        hovertemplate=(plot_text(focus_label) or "selected") + "<extra></extra>",
     ))
     return traces
 
@@ -193,7 +202,7 @@ def probability_figure(probs: np.ndarray, class_names: Sequence[str], true: int,
     line_w = [3 if i == true else 0 for i in range(len(p))]
     text = ["true" if i == true and i == pred else "true" if i == true else "pred" if i == pred else ""
             for i in range(len(p))]
-    fig = go.Figure(go.Bar(x=[str(c) for c in class_names], y=p, marker=dict(color=colors, line=dict(color="black", width=line_w)),
+    fig = go.Figure(go.Bar(x=[plot_text(c) for c in class_names], y=p, marker=dict(color=colors, line=dict(color="black", width=line_w)),
                            text=text, textposition="outside", hovertemplate="class %{x}: %{y:.3f}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white",
                       yaxis=dict(range=[0, 1.15], title="probability", gridcolor="#eee"),
@@ -207,6 +216,7 @@ def method_scatter_figure(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     sa, sb = set(map(int, top_a)), set(map(int, top_b))
+    name_a, name_b = plot_text(name_a), plot_text(name_b)
     groups = (("both top-k", sorted(sa & sb), "#6a3d9a", 9), (f"{name_a} only", sorted(sa - sb), PROPONENT, 7),
               (f"{name_b} only", sorted(sb - sa), "#e08214", 7))
     fig = go.Figure(go.Scattergl(x=a, y=b, mode="markers", name="all training samples",

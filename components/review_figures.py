@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from components.figures import plot_text
+
 _CHOSEN = "#d62728"
 _LIVE = "#1f77b4"
 _OTHER = "rgba(120,120,120,0.55)"
@@ -24,16 +26,18 @@ def detection_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], chosen: s
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="random inspection",
                              line={"color": "black", "dash": "dot", "width": 1}))
-    for name, (x, y) in curves.items():
-        if name == chosen:
+    for key, (x, y) in curves.items():
+        if key == chosen:
             continue
+        name = plot_text(key)
         fig.add_trace(go.Scatter(x=_thin(x), y=_thin(y), mode="lines", name=name,
                                  line={"color": _OTHER, "width": 1}, hovertemplate=f"{name}<br>inspected %{{x:.1%}}"
                                  "<br>found %{y:.1%}<extra></extra>"))
     if chosen in curves:
         x, y = curves[chosen]
-        fig.add_trace(go.Scatter(x=_thin(x), y=_thin(y), mode="lines", name=f"{chosen} (chosen)",
-                                 line={"color": _CHOSEN, "width": 3}, hovertemplate=f"{chosen}<br>inspected "
+        shown = plot_text(chosen)
+        fig.add_trace(go.Scatter(x=_thin(x), y=_thin(y), mode="lines", name=f"{shown} (chosen)",
+                                 line={"color": _CHOSEN, "width": 3}, hovertemplate=f"{shown}<br>inspected "
                                  "%{x:.1%}<br>found %{y:.1%}<extra></extra>"))
     if live is not None and len(live[0]) > 1:
         fig.add_trace(go.Scatter(x=live[0], y=live[1], mode="lines+markers", name="your review so far",
@@ -54,7 +58,7 @@ def progress_figure(class_names: Sequence[str], total: Sequence[int], reviewed: 
     """Per-class review progress: stacked bars reviewed / unsure / pending, by given label."""
     total, reviewed, unsure = (np.asarray(a, np.int64) for a in (total, reviewed, unsure))
     pending = total - reviewed - unsure
-    x = [str(c) for c in class_names]
+    x = [plot_text(c) for c in class_names]
     fig = go.Figure()
     for name, vals, color in (("reviewed", reviewed, "#2ca02c"), ("unsure", unsure, "#ff7f0e"),
                               ("pending", pending, "#d9d9d9")):

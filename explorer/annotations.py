@@ -16,7 +16,6 @@ assigns (the given label for ``keep``; NULL for ``unsure``).
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import json
 import sqlite3
@@ -29,14 +28,19 @@ import numpy as np
 import pandas as pd
 
 from cache_format.atomic import atomic_write
+from cache_format.names import is_safe_name
+from explorer.decisions_schema import (
+    DECISIONS,
+    EXPORT_FORMAT,
+    UNDO,
+    AnnotationError,
+)
 
-DECISIONS = ("keep", "accept", "relabel", "unsure")
-UNDO = "undo"
 SCHEMA_VERSION = 1
-EXPORT_FORMAT = "influence-explorer-decisions"
 COLUMNS = ("id", "run", "sample_index", "decision", "given_label", "new_label", "reviewer", "created_at",
            "method", "score", "rank", "undoes")
-_REQUIRED_IMPORT = ("sample_index", "decision", "reviewer", "created_at")
+#: rows written per transaction by an import (a concurrent decision waits for one batch at most)
+IMPORT_BATCH = 500
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     undoes       INTEGER REFERENCES decisions(id)
 );
 CREATE INDEX IF NOT EXISTS decisions_sample ON decisions(sample_index, id);
+CREATE INDEX IF NOT EXISTS decisions_key ON decisions(created_at, reviewer);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
 
@@ -61,12 +66,15 @@ _EFFECTIVE = ("SELECT * FROM decisions WHERE decision != 'undo' "
               "AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)")
 
 
-class AnnotationError(ValueError):
-    """A bad decision, import file or database; the message names the file/field and the fix."""
-
 
 def db_path(cache_dir: str | Path, run: str) -> Path:
-    """Where run ``run``'s decisions live: beside (not inside) the run folder."""
+    """Where run ``run``'s decisions live: beside (not inside) the run folder, in ``cache_dir``.
+
+    ``run`` must be a run name (:func:`cache_format.names.is_safe_name`), so the database can never
+    be created outside the cache folder (``../x``, an absolute path, a hidden name are refused).
+    """
+    if not is_safe_name(run):
+        raise AnnotationError(f"{run!r} is not a run name; decisions are kept only for runs in the cache folder")
     return Path(cache_dir) / f"{run}.annotations.sqlite"
 
 
@@ -158,6 +166,8 @@ class AnnotationStore:
             raise AnnotationError(f"decision: {decision!r} is not one of {list(DECISIONS)}")
         if not reviewer or not str(reviewer).strip():
             raise AnnotationError("reviewer: a reviewer name is required; enter your name on the review page")
+        if isinstance(sample_index, bool) or int(sample_index) != sample_index or sample_index < 0:
+            raise AnnotationError(f"sample_index: {sample_index!r} is not a training sample index (an integer >= 0)")
         if decision == "unsure":
             new_label = None
         elif new_label is None:
@@ -230,39 +240,54 @@ class AnnotationStore:
             atomic_write(path, text)
         return text
 
-    def import_file(self, path: str | Path) -> int:
-        """Append the decisions (and undos) of an exported CSV/JSON file; returns rows added.
+    def import_file(self, path: str | Path, n_train: int | None = None, n_classes: int | None = None) -> int:
+        """Append the decisions (and undos) of an exported CSV/JSON file; returns rows added (see
+        :meth:`import_bytes`)."""
+        from explorer.decisions_io import read_export
 
-        All-or-nothing (one transaction); rows already present (same sample, decision, labels,
-        reviewer and time) are skipped, so importing the same file twice adds nothing.
+        return self.import_rows(read_export(path, n_train, n_classes))
+
+    def import_bytes(self, data: bytes, name: str, n_train: int | None = None, n_classes: int | None = None) -> int:
+        """Append the decisions of an uploaded export, parsed in memory (``name`` picks CSV or JSON and
+        names the file in messages; nothing is written to disk but the database). Returns rows added.
+
+        Every row is checked first (:func:`explorer.decisions_io.parse_export`: a bad one imports
+        nothing); rows already present (same sample, decision, label, reviewer and time) are skipped,
+        so importing a file twice adds nothing.
         """
-        rows = read_export(path)
+        from explorer.decisions_io import parse_export
+
+        return self.import_rows(parse_export(data, name, n_train, n_classes))
+
+    def import_rows(self, rows: list[dict[str, Any]]) -> int:
+        """Write checked rows in transactions of :data:`IMPORT_BATCH` rows, so that another reviewer's
+        decision waits for one batch (milliseconds), never for the whole import. An import stopped
+        half-way (a crash) leaves a prefix; importing the file again adds the rest."""
         added = 0
         id_map: dict[int, int] = {}
-        with self._write() as c:
-            for r in rows:
-                undoes = r.get("undoes")
-                if r["decision"] == UNDO:
-                    if undoes is None or int(undoes) not in id_map:
-                        raise AnnotationError(f"{path}: undo row for sample {r['sample_index']} refers to decision "
-                                              f"id {undoes!r} that is not earlier in the file; export it again")
-                    undoes = id_map[int(undoes)]
-                key = (r["sample_index"], r["decision"], r.get("new_label"), r["reviewer"], r["created_at"])
-                hit = c.execute("SELECT id FROM decisions WHERE sample_index IS ? AND decision IS ? AND new_label IS ? "
-                                "AND reviewer IS ? AND created_at IS ?", key).fetchone()
-                if hit is None:
-                    cur = c.execute(
-                        "INSERT INTO decisions(run, sample_index, decision, given_label, new_label, reviewer, created_at,"
-                        " method, score, rank, undoes) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                        (r.get("run") or self.run, r["sample_index"], r["decision"], r.get("given_label"),
-                         r.get("new_label"), r["reviewer"], r["created_at"], r.get("method"), r.get("score"),
-                         r.get("rank"), undoes))
-                    new_id = int(cur.lastrowid)
-                    added += 1
-                else:
-                    new_id = int(hit[0])
-                if r.get("id") is not None:
-                    id_map[int(r["id"])] = new_id
+        for start in range(0, len(rows), IMPORT_BATCH):
+            with self._write() as c:
+                for r in rows[start:start + IMPORT_BATCH]:
+                    undoes = id_map.get(r["undoes"]) if r["decision"] == UNDO else None
+                    if r["decision"] == UNDO and undoes is None:
+                        raise AnnotationError(f"undo row for sample {r['sample_index']} refers to decision id "
+                                              f"{r.get('undoes')!r} that is not earlier in the file; export it again")
+                    key = (r["created_at"], r["reviewer"], r["sample_index"], r["decision"], r.get("new_label"))
+                    hit = c.execute("SELECT id FROM decisions WHERE created_at = ? AND reviewer = ? AND sample_index = ? "
+                                    "AND decision = ? AND new_label IS ?", key).fetchone()
+                    if hit is None:
+                        cur = c.execute(
+                            "INSERT INTO decisions(run, sample_index, decision, given_label, new_label, reviewer, "
+                            "created_at, method, score, rank, undoes) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            (r.get("run") or self.run, r["sample_index"], r["decision"], r.get("given_label"),
+                             r.get("new_label"), r["reviewer"], r["created_at"], r.get("method"), r.get("score"),
+                             r.get("rank"), undoes))
+                        new_id = int(cur.lastrowid)
+                        added += 1
+                    else:
+                        new_id = int(hit[0])
+                    if r.get("id") is not None:
+                        id_map[int(r["id"])] = new_id
         return added
 
     # ----------------------------------------------------------------------------- cleaned labels
@@ -281,50 +306,12 @@ class AnnotationStore:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def read_export(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of an exported decisions file (``.csv`` or ``.json``), validated, in id order."""
-    p = Path(path)
-    if not p.is_file():
-        raise AnnotationError(f"{p}: decisions file not found; pass a CSV or JSON exported from the review page")
-    try:
-        if p.suffix.lower() == ".json":
-            doc = json.loads(p.read_text())
-            if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT or not isinstance(doc.get("decisions"), list):
-                raise AnnotationError(f"{p}: not a decisions export (expected format {EXPORT_FORMAT!r} with a "
-                                      "'decisions' list); export it again from the review page")
-            rows = doc["decisions"]
-        elif p.suffix.lower() == ".csv":
-            with open(p, newline="") as fh:
-                reader = csv.DictReader(fh)
-                missing = [c for c in _REQUIRED_IMPORT if c not in (reader.fieldnames or [])]
-                if missing:
-                    raise AnnotationError(f"{p}: missing columns {missing}; a decisions CSV needs "
-                                          f"{list(_REQUIRED_IMPORT)} (export it from the review page)")
-                rows = [dict(r) for r in reader]
-        else:
-            raise AnnotationError(f"{p}: unknown file type {p.suffix!r}; use a .csv or .json decisions export")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"{p}: unreadable decisions file ({exc}); export it again") from None
-    out = []
-    for line, r in enumerate(rows, start=2):
-        r = {k: (None if v in ("", None) or (isinstance(v, float) and np.isnan(v)) else v) for k, v in r.items()}
-        missing = [c for c in _REQUIRED_IMPORT if r.get(c) is None]
-        if missing:
-            raise AnnotationError(f"{p}: row {line}: missing {missing}; every decision needs {list(_REQUIRED_IMPORT)}")
-        if r["decision"] not in (*DECISIONS, UNDO):
-            raise AnnotationError(f"{p}: row {line}: decision {r['decision']!r} is not one of {[*DECISIONS, UNDO]}")
-        try:
-            for k in ("id", "sample_index", "given_label", "new_label", "rank", "undoes"):
-                r[k] = _int_or_none(r.get(k))
-            r["score"] = _float_or_none(r.get("score"))
-        except (TypeError, ValueError):
-            raise AnnotationError(f"{p}: row {line}: a numeric field is not a number; fix or re-export the file") from None
-        if r["decision"] in ("keep", "accept", "relabel") and r["new_label"] is None:
-            raise AnnotationError(f"{p}: row {line}: decision {r['decision']!r} has no new_label")
-        out.append(r)
-    if all(r.get("id") is not None for r in out):
-        out.sort(key=lambda r: r["id"])
-    return out
+def read_export(path: str | Path, n_train: int | None = None, n_classes: int | None = None) -> list[dict[str, Any]]:
+    """Rows of an exported decisions file (``.csv`` or ``.json``), validated, in id order
+    (:func:`explorer.decisions_io.read_export`)."""
+    from explorer.decisions_io import read_export as read
+
+    return read(path, n_train, n_classes)
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:

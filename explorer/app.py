@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from cache_format.runs import CacheProblem
 from explorer import page_spec, perf, state, ui
+from explorer.help import problem_page
 
 
 def landing_page(keys: set[str]) -> str:
@@ -58,7 +60,10 @@ def main() -> None:
     key = next(k for k, p in pages.items() if p is current)
     params = {k: v for k, v in state.url_params().items() if k in specs[key].params}
     with perf.timed(key, params):
-        current.run()
+        try:
+            current.run()
+        except CacheProblem as exc:  # a file that went missing after the run was opened and checked
+            problem_page(exc)
 
 
 main()

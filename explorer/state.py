@@ -14,7 +14,8 @@ from pathlib import Path
 import streamlit as st
 
 from cache_format.names import MANIFEST
-from cache_format.runs import RunCache, run_dir
+from cache_format.runs import CacheProblem, RunCache, run_dir
+from cache_format.validate import open_checked
 
 CACHE_ENV = "INFLUENCE_EXPLORER_CACHE"
 
@@ -24,21 +25,55 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV, "cache")).resolve()
 
 
-@st.cache_resource(show_spinner=False)
-def _open_run(path: str, mtime: float) -> RunCache:
-    return RunCache(path)
+@st.cache_resource(show_spinner=False, max_entries=64)
+def _open_run(path: str, version: int) -> RunCache | CacheProblem:
+    """The run checked against its manifest (:func:`cache_format.validate.check_run`), or why not;
+    a problem is kept too, so a damaged run is not re-checked on every rerun."""
+    try:
+        return open_checked(path)
+    except CacheProblem as exc:
+        return exc
 
 
 def open_run(name: str) -> RunCache:
-    """Open run ``name`` (a direct child of :func:`cache_dir`); cached until its manifest changes.
+    """Open run ``name`` (a direct child of :func:`cache_dir`), checked once per version of its folder.
 
     Raises :class:`cache_format.runs.CacheProblem`: "invalid" for a name that is not a run name
-    (``../x``, an absolute path), else missing / incomplete / version / damaged.
+    (``../x``, an absolute path), else missing / incomplete / version / damaged (a file that does
+    not match the manifest: missing, truncated, wrong shape, NaN scores, ids out of range, ...).
     """
-    path = run_dir(cache_dir(), name)
-    manifest = path / MANIFEST
-    mtime = manifest.stat().st_mtime if manifest.exists() else 0.0
-    return _open_run(str(path), mtime)
+    got = _checked(run_dir(cache_dir(), name))
+    if isinstance(got, CacheProblem):
+        raise got
+    return got
+
+
+def _checked(path: Path) -> RunCache | CacheProblem:
+    return _open_run(str(path), _version(path))
+
+
+def _version(path: Path) -> int:
+    """A cheap fingerprint of a run folder: the manifest's and its folders' modification times (a
+    file replaced, removed or restored changes its folder's time), so a repaired run is re-checked."""
+    total = 0
+    for p in (path / MANIFEST, path, path / "arrays", path / "methods", path / "mislabels"):
+        try:
+            total = total * 31 + p.stat().st_mtime_ns
+        except OSError:
+            total = total * 31
+    try:
+        with os.scandir(path / "methods") as it:
+            for entry in it:
+                total = total * 31 + entry.stat().st_mtime_ns
+    except OSError:
+        pass
+    return total
+
+
+def run_problem(path: Path) -> str | None:
+    """Why the run folder ``path`` (a listed run) cannot be opened, or ``None`` when it can."""
+    got = _checked(Path(path))
+    return got.message if isinstance(got, CacheProblem) else None
 
 
 def selected_run_name() -> str | None:

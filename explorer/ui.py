@@ -6,8 +6,8 @@ Every page gets its run from :func:`require_run` (the :class:`RunCache`) or :fun
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import streamlit as st
@@ -18,7 +18,10 @@ from components.cards import Card
 from components.colors import CORRECT, WRONG, class_color
 from explorer import state
 from explorer.data import RunView, view
-from explorer.help import no_runs_page, problem_page
+from explorer.help import no_openable_runs_page, no_runs_page, problem_page
+from explorer.text import md_code, md_escape
+
+__all__ = ["md_code", "md_escape"]  # the escapes, re-exported for the pages (see explorer.text)
 
 SIGN_LINE = ("**Sign convention:** positive score = **proponent** (up-weighting that training sample lowers "
              "this test point's loss), negative = **opponent** (raises it).")
@@ -26,8 +29,13 @@ SIGN_LINE = ("**Sign convention:** positive score = **proponent** (up-weighting 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def runs(cache_dir: str) -> list[RunSummary]:
-    """Every run under the cache folder (re-listed at most every 10 s)."""
-    return list_runs(cache_dir)
+    """Every run under the cache folder (re-listed at most every 10 s); a run whose files do not
+    match its manifest (:func:`explorer.state.run_problem`) is listed as not ok, with the problem."""
+    out = []
+    for r in list_runs(cache_dir):
+        problem = state.run_problem(r.path) if r.ok else None
+        out.append(replace(r, ok=False, problem=problem) if problem else r)
+    return out
 
 
 def require_run() -> RunCache:
@@ -35,9 +43,13 @@ def require_run() -> RunCache:
     otherwise a help page (no runs / what is wrong and how to fix it) and ``st.stop()``."""
     name = state.selected_run_name()
     if name is None:
-        ok = [r for r in runs(str(state.cache_dir())) if r.ok]
+        listed = runs(str(state.cache_dir()))
+        ok = [r for r in listed if r.ok]
         if not ok:
-            no_runs_page(state.cache_dir())
+            if listed:
+                no_openable_runs_page(state.cache_dir(), listed)
+            else:
+                no_runs_page(state.cache_dir())
             st.stop()
         name = ok[0].name
         state.set_param("run", name)
@@ -71,7 +83,8 @@ def method_picker(v: RunView, key: str = "w_method", label: str = "Influence met
     wanted = state.get_param("method")
     method = state.selected_method(v.methods)
     if wanted and wanted != method:
-        st.warning(f"Run **{v.name}** has no method `{wanted}`; showing `{method}`. It has: {', '.join(v.methods)}.")
+        st.warning(f"Run **{md_escape(v.name)}** has no method {md_code(wanted)}; showing {md_code(method)}. "
+                   f"It has: {md_escape(', '.join(v.methods))}.")
     labels = {m: method_label_with_lds(v.run, m) for m in v.methods}
     return bound_select(label, v.methods, "method", method, key, format_func=labels.get)
 
@@ -86,9 +99,9 @@ def k_slider(v: RunView, method: str, default: int = 8, key: str = "w_k", cap: i
 
 
 def chip(v: RunView, label: int) -> str:
-    """A class name on its class colour (HTML)."""
+    """A class name on its class colour (HTML inside markdown: escaped for both)."""
     return (f'<span style="background:{class_color(label)};color:white;border-radius:4px;padding:0 6px;'
-            f'font-weight:600">{html.escape(str(v.class_names[int(label)]))}</span>')
+            f'font-weight:600">{md_escape(v.class_names[int(label)])}</span>')
 
 
 def sample_card(v: RunView, split: str, index: int, key: str, score: float | None = None, scale: float = 1.0,
@@ -135,7 +148,7 @@ def source_file_caption(v: RunView, split: str, index: int) -> None:
         return
     root = v.source_root
     full = f"{root.rstrip('/')}/{rel}" if root else rel
-    st.caption(f":material/image: File: `{rel}`", help=f"Source file: `{full}`")
+    st.caption(f":material/image: File: {md_code(rel)}", help=f"Source file: {md_code(full)}")
 
 
 def big_image(v: RunView, split: str, index: int, px: int = 224) -> None:
@@ -156,9 +169,9 @@ def sidebar() -> None:
             if test is not None or train is not None:
                 st.markdown("**Selected**")
                 if test is not None:
-                    st.markdown(f"test #{test}")
+                    st.markdown(f"test #{md_escape(test)}")
                 if train is not None:
-                    st.markdown(f"train #{train}")
+                    st.markdown(f"train #{md_escape(train)}")
         st.caption(SIGN_CONVENTION)
 
 

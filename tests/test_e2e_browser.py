@@ -341,3 +341,4 @@ def test_map_box_and_lasso_list_the_chosen_samples(server: str, digits_run: Path
         page.locator("[data-testid=stDataFrame]").scroll_into_view_if_needed()
         listed = _listed(page, maybe)
         assert listed and set(listed) <= maybe, (tool, sorted(set(listed) - maybe), len(listed), text)
+

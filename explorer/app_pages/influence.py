@@ -12,6 +12,7 @@ from components.figures import probability_figure
 from explorer import state, ui
 from explorer.data import RunView
 from explorer.page_spec import PageSpec
+from explorer.text import md_escape
 
 PAGE = PageSpec(key="influence", title="Influence", icon=":material/compare_arrows:", order=30,
                 params=("run", "test", "train", "method", "k"))
@@ -54,7 +55,7 @@ def header(v: RunView, split: str, index: int, title: str, back_to: int | None =
         else:
             st.error("misclassified", icon=":material/cancel:")
         if split == "train" and bool(row.get("flipped", False)):
-            st.warning(f"label was flipped (original: {v.class_names[int(row['original_label'])]})",
+            st.warning(f"label was flipped (original: {md_escape(v.class_names[int(row['original_label'])])})",
                        icon=":material/swap_horiz:")
 
 
@@ -62,7 +63,7 @@ def test_view(v: RunView, test: int) -> None:
     row = v.sample("test", test)
     label, pred = int(row["label"]), int(row["pred"])
     verdict = "correctly" if label == pred else "wrongly"
-    header(v, "test", test, f"Test #{test}: {verdict} predicted {v.class_names[pred]}")
+    header(v, "test", test, f"Test #{test}: {verdict} predicted {md_escape(v.class_names[pred])}")
     c1, c2, c3 = st.columns([2, 3, 1.2], vertical_alignment="bottom")
     with c1:
         method = ui.method_picker(v)
@@ -75,18 +76,19 @@ def test_view(v: RunView, test: int) -> None:
     st.markdown(ui.SIGN_LINE)
     sentence = counterfactual_sentence(v.run, test, method)
     if sentence:
-        st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {sentence}", icon=":material/science:")
+        st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {md_escape(sentence)}",
+                icon=":material/science:")
     top = v.top(method, test, k)
-    name = v.class_names[label]
+    name, shown = md_escape(v.class_names[label]), md_escape(method)
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader(f":blue[Proponents]: pushed toward label {name}")
-        st.caption(f"Training samples that most lower this test point's loss ({method}). Click one to open it.")
+        st.caption(f"Training samples that most lower this test point's loss ({shown}). Click one to open it.")
         card_grid(ui.cards_for(v, "train", top.pro, top.pro_scores, top.scale, "pro", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
     with right:
         st.subheader(f":red[Opponents]: pushed away from label {name}")
-        st.caption(f"Training samples that most raise this test point's loss ({method}).")
+        st.caption(f"Training samples that most raise this test point's loss ({shown}).")
         card_grid(ui.cards_for(v, "train", top.opp, top.opp_scores, top.scale, "opp", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
 
@@ -108,7 +110,7 @@ def train_view(v: RunView, train: int) -> None:
     m2.metric("Net influence on the test set", f"{net:+.3g}", help="Mean score over all test points: positive = "
               "helps the test set on average.")
     m2.caption(f"higher than {net_pct:.1f}% of training samples")
-    m3.metric("Method", method)
+    m3.metric("Method", md_escape(method))
     st.markdown(ui.SIGN_LINE)
     rev = v.reverse(method, train, k)
     left, right = st.columns(2, gap="large")

@@ -49,7 +49,7 @@ def main() -> None:
     t = v.test
     acc = float(t["correct"].mean()) if len(t) else float("nan")
     st.title("Test predictions")
-    st.caption(f"Run **{v.name}**: {v.n_test:,} test points, accuracy {acc:.1%} "
+    st.caption(f"Run **{ui.md_escape(v.name)}**: {v.n_test:,} test points, accuracy {acc:.1%} "
                f"({int((~t['correct']).sum())} misclassified). Click a card to see which training samples drove it.")
 
     c1, c2, c3, c4 = st.columns([3, 2.6, 2.6, 2], vertical_alignment="bottom")

@@ -25,6 +25,7 @@ from explorer import ui
 from explorer.annotations import AnnotationError, AnnotationStore, db_path
 from explorer.page_spec import PageSpec
 from explorer.state import cache_dir
+from explorer.text import md_code, md_escape
 
 PAGE = PageSpec(key="review", title="Suspected mislabels", icon=":material/report:", order=60,
                 params=("run",))
@@ -125,7 +126,7 @@ def main() -> None:
         data = _mislabels(run, str(run.path), (run.path / MANIFEST).stat().st_mtime)
         table = data.table
     except CacheProblem as exc:
-        st.error(exc.message)
+        st.error(md_escape(exc.message))
         st.stop()
     if not st.session_state.get("reviewer"):
         _ask_reviewer()
@@ -133,7 +134,7 @@ def main() -> None:
     try:
         store = _store(run_name)
     except AnnotationError as exc:
-        st.error(str(exc))
+        st.error(md_escape(exc))
         st.stop()
 
     n = run.n_train
@@ -145,11 +146,11 @@ def main() -> None:
 
     # ---------------------------------------------------------------- sidebar: method, filters, help
     with st.sidebar:
-        st.caption(f"Reviewer: **{reviewer}** · run **{run_name}**")
+        st.caption(f"Reviewer: **{md_escape(reviewer)}** · run **{md_escape(run_name)}**")
         methods = data.methods
         method = st.selectbox("Rank by", methods, index=methods.index(data.default_method),
                               key=K + "method", help="Higher score = more suspicious")
-        st.caption(describe_method(method))
+        st.caption(md_escape(describe_method(method)))
         class_filter = st.multiselect("Given label", classes, key=K + "classes")
         pairs = pd.Series([f"{classes[g]} → {classes[s]}" for g, s in zip(given, suggested, strict=True)])
         pair_counts = pairs[given != suggested].value_counts()
@@ -179,9 +180,9 @@ def main() -> None:
         q = q[(pairs.to_numpy()[q["index"]] == pair) & (given[q["index"]] != suggested[q["index"]])]
 
     if K + "error" in st.session_state:
-        st.error(st.session_state.pop(K + "error"))
+        st.error(md_escape(st.session_state.pop(K + "error")))
     if K + "flash" in st.session_state:
-        st.toast(st.session_state.pop(K + "flash"))
+        st.toast(md_escape(st.session_state.pop(K + "flash")))
 
     cursor = int(st.session_state.get(K + "cursor", 1))
     back = st.session_state.pop(K + "back", False)
@@ -203,6 +204,7 @@ def _card(run, data: MislabelData, store, row, method, given, suggested, classes
     i, rank, score = int(row["index"]), int(row["rank"]), float(row["score"])
     t = data.table.loc[i]
     g, s = int(given[i]), int(suggested[i])
+    names = [md_escape(c) for c in classes]
     pos = int(np.flatnonzero(q["index"].to_numpy() == i)[0]) + 1
     st.subheader(f"Training sample #{i} · rank {rank} of {run.n_train} · {pos} of {q_len} in queue")
     left, right = st.columns([1, 1.4])
@@ -210,21 +212,23 @@ def _card(run, data: MislabelData, store, row, method, given, suggested, classes
         st.image(_image(run.array(TRAIN_IMAGES)[i], 280), caption=f"#{i}", width=280)
     with right:
         c1, c2 = st.columns(2)
-        c1.metric("Given label", classes[g])
-        c2.metric("Suggested label", classes[s], delta=None if s != g else "same as given", delta_color="off")
+        c1.metric("Given label", names[g])
+        c2.metric("Suggested label", names[s], delta=None if s != g else "same as given", delta_color="off")
         st.markdown(
-            f"**{method}** score `{score:.4g}` (rank {rank}/{run.n_train})  \n"
-            f"Model prediction **{classes[int(t['pred_label'])]}**"
-            + (f" · out-of-fold prediction **{classes[int(t['oof_label'])]}** "
+            f"**{md_escape(method)}** score `{score:.4g}` (rank {rank}/{run.n_train})  \n"
+            f"Model prediction **{names[int(t['pred_label'])]}**"
+            + (f" · out-of-fold prediction **{names[int(t['oof_label'])]}** "
                f"({float(t['oof_confidence']):.0%})" if "oof_label" in t else "")
-            + f" · neighbours' vote **{classes[int(t['proponent_label'])]}** ({float(t['proponent_agreement']):.0%})"
+            + f" · neighbours' vote **{names[int(t['proponent_label'])]}** ({float(t['proponent_agreement']):.0%})"
             + ("  \ncleanlab flags this label as an issue" if bool(t.get("cleanlab_issue", False)) else ""))
         others = ", ".join(f"{m}: {int(data.ranks(m)[i])}" for m in data.methods if m != method)
-        st.caption(f"Rank under other methods: {others}")
+        st.caption(f"Rank under other methods: {md_escape(others)}")
         if i in current.index:
             c = current.loc[i]
-            lab = "" if pd.isna(c["new_label"]) else f" → {classes[int(c['new_label'])]}"
-            st.info(f"Current decision: **{c['decision']}**{lab} by {c['reviewer']} at {c['created_at'][:19]}")
+            new = c["new_label"]
+            lab = "" if pd.isna(new) else f" → {names[int(new)] if 0 <= int(new) < len(names) else int(new)}"
+            st.info(f"Current decision: **{md_escape(c['decision'])}**{lab} by {md_escape(c['reviewer'])} "
+                    f"at {md_escape(str(c['created_at'])[:19])}")
     _buttons(store, i, g, s, method, score, rank, classes, ranks)
     _why(run, data, i, method, classes)
 
@@ -233,7 +237,7 @@ def _buttons(store, i, g, s, method, score, rank, classes, ranks) -> None:
     cols = st.columns(6)
     cols[0].button("Keep (K)", key=K + "keep", shortcut="k", type="primary", on_click=_decide,
                    args=(store, i, "keep", g, g, method, score, rank), width="stretch")
-    cols[1].button(f"Accept {classes[s]} (A)", key=K + "accept", shortcut="a", on_click=_decide,
+    cols[1].button(f"Accept {md_escape(classes[s])} (A)", key=K + "accept", shortcut="a", on_click=_decide,
                    args=(store, i, "accept", s, g, method, score, rank), width="stretch")
     cols[2].button("Unsure (U)", key=K + "unsure", shortcut="u", on_click=_decide,
                    args=(store, i, "unsure", None, g, method, score, rank), width="stretch")
@@ -246,13 +250,14 @@ def _buttons(store, i, g, s, method, score, rank, classes, ranks) -> None:
     keyed = classes[:10]
     rel = st.columns(max(len(keyed), 1))
     for c, name in enumerate(keyed):
-        rel[c].button(f"{c}: {name}" if str(name) != str(c) else str(c), key=f"{K}relabel_{c}", shortcut=str(c),
+        shown = md_escape(name)
+        rel[c].button(f"{c}: {shown}" if str(name) != str(c) else str(c), key=f"{K}relabel_{c}", shortcut=str(c),
                       on_click=_decide, args=(store, i, "relabel", c, g, method, score, rank),
-                      width="stretch", help=f"relabel to {name}")
+                      width="stretch", help=f"relabel to {shown}")
     if len(classes) > 10:
         extra = st.selectbox("Relabel to another class", classes[10:], index=None, key=f"{K}relabel_more_{i}")
         if extra is not None:
-            st.button(f"Relabel to {extra}", key=K + "relabel_more", on_click=_decide,
+            st.button(f"Relabel to {md_escape(extra)}", key=K + "relabel_more", on_click=_decide,
                       args=(store, i, "relabel", classes.index(extra), g, method, score, rank))
 
 
@@ -261,28 +266,29 @@ def _why(run, data: MislabelData, i, method, classes) -> None:
     inf = _influence_method(data, method)
     tr_img, te_img = run.array(TRAIN_IMAGES), run.array(TEST_IMAGES)
     labels = data.table["label"].to_numpy()
+    names = [md_escape(c) for c in classes]
     tests = run.test_samples()
     k = 6
     a, b = st.columns(2)
     with a:
         hurt = np.asarray(run.method_array(inf, TRAIN_TOP_HURT)[i][:k])
         hurt_s = np.asarray(run.method_array(inf, TRAIN_TOP_HURT_SCORES)[i][:k])
-        st.caption(f"Test points it hurts most ({inf}; negative = raises their loss)")
+        st.caption(f"Test points it hurts most ({md_escape(inf)}; negative = raises their loss)")
         st.image([_image(te_img[j], 72) for j in hurt], width=72,
-                 caption=[f"t{j} y={classes[int(tests.loc[j, 'label'])]} p={classes[int(tests.loc[j, 'pred'])]} "
+                 caption=[f"t{j} y={names[int(tests.loc[j, 'label'])]} p={names[int(tests.loc[j, 'pred'])]} "
                           f"{v:.2g}" for j, v in zip(hurt, hurt_s, strict=True)])
         nb = data.embedding_neighbors(i, k)
         st.caption("Nearest neighbours in the embedding (given labels)")
-        st.image([_image(tr_img[j], 72) for j in nb], width=72, caption=[f"#{j} {classes[labels[j]]}" for j in nb])
+        st.image([_image(tr_img[j], 72) for j in nb], width=72, caption=[f"#{j} {names[labels[j]]}" for j in nb])
     with b:
         pro, pro_s = (np.asarray(x[i][:k]) for x in data.proponents)
         opp, opp_s = (np.asarray(x[i][:k]) for x in data.opponents)
         st.caption("Strongest proponents among training samples (support this label)")
         st.image([_image(tr_img[j], 72) for j in pro], width=72,
-                 caption=[f"#{j} {classes[labels[j]]} {v:.2g}" for j, v in zip(pro, pro_s, strict=True)])
+                 caption=[f"#{j} {names[labels[j]]} {v:.2g}" for j, v in zip(pro, pro_s, strict=True)])
         st.caption("Strongest opponents (fight this label)")
         st.image([_image(tr_img[j], 72) for j in opp], width=72,
-                 caption=[f"#{j} {classes[labels[j]]} {v:.2g}" for j, v in zip(opp, opp_s, strict=True)])
+                 caption=[f"#{j} {names[labels[j]]} {v:.2g}" for j, v in zip(opp, opp_s, strict=True)])
 
 
 def _progress(run, data: MislabelData, store, status, given, classes, method) -> None:
@@ -306,7 +312,7 @@ def _progress(run, data: MislabelData, store, status, given, classes, method) ->
             fig = detection_figure(curves, method, live_curve(order, flipped), int(flipped.sum()))
             st.plotly_chart(fig, width="stretch", key=K + "detection_fig")
             d = data.detection[method]
-            st.caption(f"{method}: ROC-AUC {d['roc_auc']:.3f}, found {d['found@10%']:.0%} of flipped labels in "
+            st.caption(f"{md_escape(method)}: ROC-AUC {d['roc_auc']:.3f}, found {d['found@10%']:.0%} of flipped labels in "
                        "the top 10% (ground truth from injected noise; not shown on the cards)")
         else:
             st.caption("No ground truth in this run (no injected label noise): detection curves are not shown.")
@@ -326,21 +332,24 @@ def _export(run, store, given, run_name) -> None:
         if st.button("Save cleaned labels beside the cache", key=K + "save_clean"):
             try:
                 store.write_cleaned_labels(target, given)
-                st.success(f"wrote {target}")
+                st.success(f"wrote {md_code(target)}")
             except OSError as exc:
-                st.error(f"{target}: cannot write ({exc.strerror or exc}); download the file instead")
+                st.error(md_escape(f"{target.name}: cannot write ({exc.strerror or exc}); download the file instead"))
         st.code(f"influence-explorer precompute --config <run config> --name {run_name}-cleaned "
                 f"--labels-override {target}", language="bash")
         up = st.file_uploader("Import decisions (CSV or JSON export)", type=["csv", "json"], key=K + "upload")
         if up is not None and st.button("Import", key=K + "import"):
-            import tempfile
-            from pathlib import Path
+            _import(store, up.getvalue(), up.name, run.n_train, len(run.class_names))
 
-            with tempfile.TemporaryDirectory() as d:
-                p = Path(d) / up.name
-                p.write_bytes(up.getvalue())
-                try:
-                    st.success(f"imported {store.import_file(p)} new rows")
-                except AnnotationError as exc:
-                    st.error(str(exc))
+
+def _import(store: AnnotationStore, data: bytes, name: str, n_train: int, n_classes: int) -> None:
+    """Import an uploaded export, parsed in memory: its file name only picks CSV or JSON and is shown
+    in messages; no path is ever built from it."""
+    try:
+        st.success(f"imported {store.import_bytes(data, name, n_train=n_train, n_classes=n_classes)} new rows")
+    except AnnotationError as exc:
+        st.error(md_escape(exc))
+    except Exception as exc:  # noqa: BLE001 - sqlite3 errors (e.g. locked for longer than the timeout)
+        st.error(md_escape(f"{name}: import stopped ({type(exc).__name__}: {exc}); rows already written are "
+                           "kept, import the file again to add the rest"))
 

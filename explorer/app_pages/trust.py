@@ -27,12 +27,16 @@ from components.trust_figures import (
 from explorer import ui
 from explorer.page_spec import PageSpec
 from explorer.state import cache_dir
+from explorer.text import md_escape
 
 PAGE = PageSpec(key="trust", title="Trust", icon=":material/verified:", order=70, params=("run",))
 
 
 def _fmt(v, digits: int = 3) -> str:
-    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+    """A number with ``digits`` decimals; "–" for none, NaN or anything that is not a number."""
+    if not isinstance(v, int | float | np.number) or isinstance(v, bool) or not np.isfinite(v):
+        return "–"
+    return f"{v:.{digits}f}"
 
 
 def _method_table(tr: TrustResults) -> None:
@@ -66,8 +70,9 @@ def _explain(tr: TrustResults) -> None:
     s = lds.get("settings", {})
     lines = []
     if lds:
-        lines.append(f"**LDS** (linear datamodeling score): the model was retrained on {lds.get('subsets')} random "
-                     f"subsets of {s.get('fraction', 0.5):.0%} of the training data ({s.get('repeats', 1)} seed(s) each). "
+        lines.append(f"**LDS** (linear datamodeling score): the model was retrained on {md_escape(lds.get('subsets'))} "
+                     f"random subsets of {_pct(s.get('fraction', 0.5))} of the training data "
+                     f"({md_escape(s.get('repeats', 1))} seed(s) each). "
                      "For each test point, LDS is the Spearman correlation between a method's predicted effect of a "
                      "subset (sum of its scores) and the retrained model's (negative) test loss; the mean over test "
                      "points is shown with a bootstrap 95% interval. 1 = perfect ranking, 0 = random.")
@@ -79,6 +84,10 @@ def _explain(tr: TrustResults) -> None:
                         "single-sample effects."))
     if lines:
         st.caption("  \n".join(lines))
+
+
+def _pct(v) -> str:
+    return f"{v:.0%}" if isinstance(v, int | float) else md_escape(v)
 
 
 def _damping(tr: TrustResults) -> None:
@@ -103,9 +112,9 @@ def _agreement(tr: TrustResults) -> None:
     st.subheader("Method agreement")
     which = st.radio("Measure", ["spearman", "topk_overlap"], horizontal=True, key="trust_agree_which",
                      format_func=lambda w: "mean Spearman of score rows" if w == "spearman"
-                     else f"top-{ag.get('k')} proponent overlap")
+                     else f"top-{md_escape(ag.get('k'))} proponent overlap")
     st.plotly_chart(agreement_figure(ag, which), width="stretch", key="trust_agreement")
-    st.caption(f"Over {ag.get('n_test')} test points. Methods that disagree cannot both be right; LDS above says "
+    st.caption(f"Over {md_escape(ag.get('n_test'))} test points. Methods that disagree cannot both be right; LDS above says "
                "which one matches retraining.")
 
 
@@ -117,7 +126,7 @@ def _brittleness(tr: TrustResults, run: RunCache) -> None:
     rnd = b.get("random") or {}
     st.caption(f"For {len(b['tests'])} correctly classified test points, the top-k proponents of each method were "
                f"removed and the model retrained; the grey line removes k random samples instead "
-               f"({rnd.get('tries', 0)} tries each). A trustworthy method flips far more predictions than random removal.")
+               f"({md_escape(rnd.get('tries', 0))} tries each). A trustworthy method flips far more predictions than random removal.")
     st.plotly_chart(brittleness_figure(tr.brittleness_frame()), width="stretch", key="trust_brittle")
     rows = []
     samples = run.test_samples()
@@ -150,7 +159,8 @@ def _mislabels(tr: TrustResults) -> None:
     if not mis or not mis.get("other"):
         return
     with st.expander("Mislabel detection: other rankings", expanded=False):
-        st.caption(f"Source: {mis.get('source')}. {mis.get('n_flipped', '?')} training labels were flipped.")
+        st.caption(f"Source: {md_escape(mis.get('source'))}. {md_escape(mis.get('n_flipped', '?'))} training labels "
+                   "were flipped.")
         st.dataframe(pd.DataFrame(mis["other"]).T, width="stretch")
 
 
@@ -158,26 +168,27 @@ def main() -> None:
     """The selected run's evaluation: per-method table, damping, brittleness, agreement; or how to make it."""
     run = ui.require_run()
     name = run.path.name
+    shown = md_escape(name)
     st.title("Trust")
     st.caption("How far to trust each influence method on this run: measured against real retraining of the "
                "run's own model, with its own recipe and seed.")
     tr = load_trust(run)
     if tr is None:
-        st.info(f"Run **{name}** has not been evaluated yet. Measure it with:")
+        st.info(f"Run **{shown}** has not been evaluated yet. Measure it with:")
         st.code(evaluate_command(name) + f" --cache-dir {cache_dir()}", language="bash")
         st.caption("Retrains the model on random subsets of its training data (LDS), without single samples "
                    "(leave-one-out) and without each test point's top proponents (brittleness); a few minutes on a "
                    "laptop for the digits samples. Parts can be switched off, e.g. `--no-loo`.")
         return
     if tr.stale:
-        st.warning(f"The evaluation in `{tr.path}/evaluation` was made for another model or dataset than this run's. "
-                   f"Re-run: `{evaluate_command(name)}`.")
+        st.warning(f"The evaluation in {ui.md_code(name + '/evaluation')} was made for another model or dataset than "
+                   f"this run's. Re-run: {ui.md_code(evaluate_command(name))}.")
         return
     best = tr.best_method()
     if best:
         v = tr.lds(best) or {}
         ci = v.get("ci") or [None, None]
-        st.markdown(f"Best method on **{name}**: **{best}**, LDS **{_fmt(v.get('lds'), 2)}** "
+        st.markdown(f"Best method on **{shown}**: **{md_escape(best)}**, LDS **{_fmt(v.get('lds'), 2)}** "
                     f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]."
                     + ("" if tr.data.get("convex") else " (Non-convex model: influence is an approximation here.)"))
     _method_table(tr)
