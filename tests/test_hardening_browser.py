@@ -11,12 +11,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import serving
 from test_e2e_browser import _free_port, _settle, browser, page  # noqa: F401  (fixtures, shared)
 
 pytestmark = pytest.mark.slow
@@ -39,26 +38,10 @@ def hostile_server(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -
     proc = subprocess.Popen([str(script), "app", "--headless", "--port", str(port), "--cache-dir", str(cache)],
                             cwd=tmp, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "STREAMLIT_SERVER_FILE_WATCHER_TYPE": "none"})
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("the app did not start:\n" + (tmp / "app.log").read_text()[-3000:])
-            time.sleep(0.3)
-        yield base
+        with serving(proc, port, tmp / "app.log") as base:
+            yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         log.close()
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from precompute.compression._matrix import patches as _patches
 from precompute.errors import MethodError
 from precompute.influence.base import InfluenceTask
 
@@ -74,21 +75,6 @@ class KronLayer:
         if isinstance(self.module, nn.Conv2d):
             return gout.reshape(len(gout), self.n_out, -1).transpose(1, 2)
         return gout.reshape(len(gout), -1, self.n_out)
-
-
-def _patches(inp: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """``unfold`` patches ``[b, L, C * kh * kw]`` of a Conv2d input, in ``unfold``'s order.
-
-    Without dilation: strided views of the padded input and one copy (several times faster than
-    ``im2col`` for small images); with dilation: ``nn.functional.unfold``.
-    """
-    if conv.dilation != (1, 1):
-        return nn.functional.unfold(inp, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
-                                    stride=conv.stride).transpose(1, 2)
-    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
-    padded = nn.functional.pad(inp, (pw, pw, ph, ph)) if ph or pw else inp
-    views = padded.unfold(2, kh, sh).unfold(3, kw, sw)  # [b, C, H', W', kh, kw]
-    return views.permute(0, 2, 3, 1, 4, 5).reshape(len(inp), -1, inp.shape[1] * kh * kw)
 
 
 def find_layers(task: InfluenceTask, method: str) -> list[KronLayer]:

@@ -69,7 +69,7 @@ def run_method(name: str, est: InfluenceEstimator, task: InfluenceTask, x_test: 
     store = work.store(name, spec)
     already = spec.n_chunks - len(store.missing())
     bar = tqdm(total=n_train + n_test, desc=name, unit="sample", disable=not progress, leave=False)
-    bar.update(already and min(n_train, already * rows))
+    bar.update(min(n_train, already * rows))
 
     def on_chunk(_i: int, n_rows: int) -> None:
         bar.update(n_rows)
