@@ -30,6 +30,7 @@ from precompute.models import build_model, count_parameters, predict_with_featur
 from precompute.params import ParamSpace, select_parameters
 from precompute.store.budget import peak_rss_mb, reset_peak_rss, resolve_budget
 from precompute.store.compression_choice import build_compressor
+from precompute.store.feasibility import check_run_fits
 from precompute.store.stage import model_fingerprint, run_method
 from precompute.store.workdir import WorkDir
 from precompute.training import Checkpoint, TrainResult, train_model
@@ -123,12 +124,14 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                                                        for i, (st, lr) in enumerate(zip(states, lrs, strict=True))])
             else:
                 model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
+                check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)  # before training
                 with stages.stage("train"):
                     bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
                     trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
                         bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
                     bar.close()
                     model.eval()
+            check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)
             for i, ck in enumerate(trained.checkpoints):
                 torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
 

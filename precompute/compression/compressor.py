@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -25,6 +25,8 @@ from precompute.gradients import LossFn, cross_entropy_loss, per_sample_gradient
 from precompute.params import ParamSpace
 
 FORMAT = "precompute.compression/1"
+#: ``on_layer`` callback of :meth:`GradientCompressor.compress`
+LayerSides = Callable[[Group, torch.Tensor, torch.Tensor, float], None]
 #: dense projections up to this many entries are kept in memory; larger ones are regenerated per call
 CACHE_ENTRIES = 2**24
 
@@ -135,13 +137,17 @@ class GradientCompressor:
 
     # ------------------------------------------------------------------ compression
     def compress(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn = cross_entropy_loss,
-                 params: dict[str, torch.Tensor] | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+                 params: dict[str, torch.Tensor] | None = None, out: torch.Tensor | None = None,
+                 on_layer: LayerSides | None = None) -> torch.Tensor:
         """Compressed per-sample loss gradients ``[b, k]`` (in ``config.dtype``) of ``x [b, *input], y [b]``.
 
         ``params``: values for the space's parameters (e.g. a checkpoint) used instead of the module's
         own, which are left untouched; ``out [b, k]``: written in place and returned. The model runs
         in eval mode (each module's mode restored after); rows depend on their own sample only.
         Batches above ``self.max_batch`` rows are done in consecutive micro-batches of that size.
+        ``on_layer(group, a [b, L, k_in], d [b, k_out, L], scale)``: called for every factored/dropout
+        layer with its projected activations and output gradients (block = scale * d @ a), e.g. to fit
+        Kronecker factors in the projected space (:mod:`precompute.influence._kron_projected`).
         """
         b, k = len(x), self.dim
         ref = dict(model.named_parameters())
@@ -158,7 +164,7 @@ class GradientCompressor:
         step = self.max_batch or b
         if b > step:
             for s in range(0, b, step):
-                self.compress(model, x[s:s + step], y[s:s + step], loss_fn, params, out[s:s + step])
+                self.compress(model, x[s:s + step], y[s:s + step], loss_fn, params, out[s:s + step], on_layer)
             return out
         if b == 0:
             return out
@@ -171,13 +177,14 @@ class GradientCompressor:
                      for n in self.space.names}
             sides = self._sides(ref[self.space.names[0]].dtype, dev)
             if any(g.path != "global" for g in self.groups):
-                self._hook_pass(model, theta, x, y, loss_fn, out, sides)
+                self._hook_pass(model, theta, x, y, loss_fn, out, sides, on_layer)
             if any(g.path == "global" for g in self.groups):
                 self._global_pass(model, theta, x, y, loss_fn, out, sides)
         return out
 
     def _hook_pass(self, model: nn.Module, theta: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                   loss_fn: LossFn, out: torch.Tensor, sides: dict[str, Any]) -> None:
+                   loss_fn: LossFn, out: torch.Tensor, sides: dict[str, Any],
+                   on_layer: LayerSides | None = None) -> None:
         """One forward + one backward (to the layer outputs only) of the summed per-sample losses."""
         groups = [g for g in self.groups if g.path != "global"]
         store: dict[str, list[Any]] = {}
@@ -215,7 +222,10 @@ class GradientCompressor:
             gout = torch.zeros_like(output) if gout is None else gout
             if g.path == "hooks":
                 side = sides[g.name]
-                block = torch.bmm(project_out(g, gout, side), first).reshape(len(x), -1)
+                d = project_out(g, gout, side)
+                if on_layer is not None:
+                    on_layer(g, first, d, side.scale)
+                block = torch.bmm(d, first).reshape(len(x), -1)
                 out[:, g.cols] = block * side.scale if side.scale != 1.0 else block
             else:
                 flat = _local_grads(g, theta, first, kwargs, gout)
