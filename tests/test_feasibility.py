@@ -43,6 +43,7 @@ def test_exact_gradient_store_larger_than_the_disk_is_refused(tmp_path: Path, mo
         check_methods_fit(_ests("cg"), n, p, 4, 4 << 30, tmp_path, compressed=True)
     # the same sizes are fine for a method that runs on the compressed store
     check_methods_fit(_ests("graddot", "trak"), n, p, 4, 4 << 30, tmp_path, compressed=True)
+    check_methods_fit(_ests("representer"), n, p, 4, 4 << 30, tmp_path, compressed=True)  # rows are [C d]
     # ...but not when the run has no compressor (it would store exact gradients too)
     with pytest.raises(ConfigError, match="'graddot'"):
         check_methods_fit(_ests("graddot"), n, p, 4, 4 << 30, tmp_path, compressed=False)

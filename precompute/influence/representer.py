@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ class Representer(InfluenceEstimator):
 
     name = "representer"
     capabilities = Capabilities()
+    #: its store rows are [C * (d + 1)] (head features), whatever p is: never refused for size
+    factor_width_scales_with_p: ClassVar[bool] = False
     config_class = RepresenterConfig
     summary = "representer points on penultimate features (Yeh et al. 2018)"
 

@@ -37,7 +37,8 @@ def check_methods_fit(estimators: dict[str, Any], n_train: int, p: int, itemsize
                       cache_dir: str | Path, compressed: bool) -> None:
     """Raise :class:`ConfigError` naming the first method that cannot run (``compressed``: the run has a
     gradient compressor, used by the methods that declare ``compressed_store``)."""
-    exact_side = [n for n, e in estimators.items() if not (compressed and e.capabilities.compressed_store)]
+    exact_side = [n for n, e in estimators.items() if getattr(e, "factor_width_scales_with_p", True)
+                  and not (compressed and e.capabilities.compressed_store)]
     if not exact_side:
         return
     folder = Path(cache_dir)
