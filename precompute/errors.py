@@ -25,5 +25,9 @@ class MethodError(InfluenceExplorerError):
     """An influence method cannot run with these settings (too big, diverged, unsupported layer)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (raised by the CLI's handler, so partial folders are cleaned up on the way out)."""
+
+
 class CacheError(InfluenceExplorerError):
     """The cache directory cannot be written, or holds a run made with a different config."""

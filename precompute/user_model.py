@@ -42,7 +42,12 @@ def load_factory(spec: str, key: str = "model.factory", what: str = "model", exa
 
 def build_user_model(spec: str) -> nn.Module:
     """Call the factory and check that it returns an ``nn.Module``."""
-    model = load_factory(spec)()
+    make = load_factory(spec)
+    try:
+        model = make()
+    except Exception as exc:  # the user's code: report any error as one line
+        raise ModelError(f"model.factory: calling {spec} failed ({type(exc).__name__}: {exc}); fix the factory "
+                         "so that it returns the model") from None
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.factory: {spec} returned {type(model).__name__}, not a torch.nn.Module; "
                          "make the factory return the model")
@@ -59,12 +64,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError:
         raise ModelError(f"{p}: not a plain state_dict (refused by torch.load(weights_only=True)); save it with "
                          "torch.save(model.state_dict(), path)") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ModelError(f"{p}: unreadable checkpoint ({type(exc).__name__}); re-save it with "
+    except Exception as exc:  # a garbage file makes the unpickler raise anything (KeyError, ...)
+        raise ModelError(f"{p}: not a readable PyTorch checkpoint ({type(exc).__name__}); re-save it with "
                          "torch.save(model.state_dict(), path)") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ModelError(f"{p}: holds a {type(obj).__name__}, not a state_dict of tensors; save it with "
                          "torch.save(model.state_dict(), path)")
+    bad = [k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"{p}: {len(bad)} tensor(s) hold NaN or inf (first {bad[0]!r}); the training diverged: "
+                         "use a checkpoint from before it did")
     return obj
 
 
@@ -95,6 +104,9 @@ def check_output_size(model: nn.Module, example: torch.Tensor, n_classes: int, s
         except Exception as exc:
             raise ModelError(f"{source}: forward pass on an input of shape {tuple(example[:1].shape)} failed "
                              f"({type(exc).__name__}: {exc}); make the model accept the dataset's inputs") from None
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"{source}: the model's forward returns a {type(out).__name__}, not a tensor of logits "
+                         f"[batch, {n_classes}]; make forward return only the logits")
     if out.dim() != 2 or out.shape[1] != n_classes:
         raise ModelError(f"{source}: the model outputs shape {tuple(out.shape)} but the data has {n_classes} "
                          f"classes; make its last layer output {n_classes} logits")

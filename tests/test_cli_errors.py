@@ -94,5 +94,6 @@ def test_non_directory_run_folder_is_not_clobbered(tmp_path: Path) -> None:
     (tmp_path / "digits").mkdir()
     (tmp_path / "digits" / "notes.txt").write_text("mine")
     proc = cli("precompute", "--sample", "digits", "--cache-dir", str(tmp_path))
-    assert_one_line_error(proc, "not a complete run", "--overwrite")
+    line = assert_one_line_error(proc, "is not a run")
+    assert "--overwrite" not in line  # never suggest the flag that would replace it (issue 14)
     assert (tmp_path / "digits" / "notes.txt").read_text() == "mine"

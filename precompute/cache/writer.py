@@ -13,7 +13,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cache_format.atomic import atomic_write_json, replace_dir
+from cache_format.atomic import (
+    atomic_write_json,
+    recover_swap,
+    remove_dead_partials,
+    replace_dir,
+    write_owner,
+)
 from cache_format.names import (
     ARRAYS_DIR,
     EVALUATION_DIR,
@@ -38,24 +44,58 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return diffs
 
 
-def existing_run_status(run_dir: Path, identity: dict[str, Any]) -> str:
-    """'absent', 'same' (a complete run made with this config) or raise CacheError if it differs."""
-    if not run_dir.exists():
-        return "absent"
-    manifest_path = run_dir / MANIFEST
-    if not manifest_path.is_file():
-        raise CacheError(f"{run_dir} exists but is not a complete run (no {MANIFEST}); "
-                         "remove it or pass --overwrite to replace it")
+def read_run_manifest(run_dir: Path) -> dict[str, Any] | None:
+    """The manifest of ``run_dir`` if it is a run (a ``manifest.json`` holding a JSON object with a
+    ``format_version`` or ``config``), else None."""
     try:
-        old = json.loads(manifest_path.read_text()).get("config", {})
-    except json.JSONDecodeError:
-        raise CacheError(f"{manifest_path} is corrupt; pass --overwrite to rebuild the run") from None
-    diffs = config_differences(old, identity)
+        m = json.loads((run_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and ("format_version" in m or "config" in m) else None
+
+
+def _not_a_run(run_dir: Path) -> CacheError:
+    return CacheError(f"{run_dir} exists and is not a run (no valid {MANIFEST}); precompute only ever replaces a "
+                      "run folder: choose another --out or --name, or move that folder away yourself")
+
+
+def existing_run_status(run_dir: Path, identity: dict[str, Any], overwrite: bool = False) -> str:
+    """``absent`` (nothing there, or an empty folder), ``same`` (a run made with this config),
+    ``replace`` (a run, and ``overwrite``); raise CacheError for a folder that is not a run (never
+    replaced, even with ``overwrite``) or a run made with another config (without ``overwrite``).
+
+    First finishes a swap into ``run_dir`` that a killed precompute left half done, and removes the
+    partial folders of dead precompute processes of this run.
+    """
+    run_dir = Path(run_dir)
+    recover_swap(run_dir)
+    remove_dead_partials(run_dir.parent, run_dir.name)
+    if not run_dir.exists() and not run_dir.is_symlink():
+        return "absent"
+    if run_dir.is_symlink() or not run_dir.is_dir():
+        raise CacheError(f"{run_dir} exists and is not a run folder; choose another --out or --name")
+    if not any(run_dir.iterdir()):
+        return "absent"
+    manifest = read_run_manifest(run_dir)
+    if manifest is None:
+        raise _not_a_run(run_dir)
+    if overwrite:
+        return "replace"
+    old = manifest.get("config")
+    diffs = config_differences(old if isinstance(old, dict) else {}, identity)
     if diffs:
         shown = "; ".join(diffs[:3]) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
         raise CacheError(f"{run_dir} was made with a different config ({shown}); pass --overwrite to replace it "
                          "or --name to write a new run")
     return "same"
+
+
+def check_same_data(run_dir: Path, fingerprint: str) -> None:
+    """Raise CacheError if the run at ``run_dir`` was built from other data than ``fingerprint``."""
+    recorded = ((read_run_manifest(Path(run_dir)) or {}).get("dataset") or {}).get("fingerprint")
+    if recorded != fingerprint:
+        raise CacheError(f"{run_dir} was built from different data (dataset fingerprint {recorded} -> {fingerprint}): "
+                         "the data changed since; pass --overwrite to rebuild it or --name to write a new run")
 
 
 class CacheWriter:
@@ -74,9 +114,7 @@ class CacheWriter:
             if self.tmp.exists():
                 shutil.rmtree(self.tmp)
             self.tmp.mkdir()
-            probe = self.tmp / ".write-test"
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            write_owner(self.tmp)  # lets a later run remove this folder if this process dies
         except OSError as exc:
             raise CacheError(f"cannot write to cache folder {self.run_dir.parent} ({exc.strerror or exc}); "
                              "pass --cache-dir (or --out) with a writable folder") from None
@@ -124,22 +162,17 @@ class CacheWriter:
         return p
 
     def finalize(self, manifest: dict[str, Any]) -> Path:
-        """Write the manifest last, then swap the complete run into place (replacing an old one)."""
+        """Write the manifest last, then swap the complete run into place, replacing an old *run*
+        (never a folder that is not one) and carrying over its ground truth (``carry`` below)."""
         manifest = {"format_version": FORMAT_VERSION, "sign_convention": SIGN_CONVENTION, **manifest,
                     "arrays": self.arrays, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.tmp / MANIFEST, manifest, default=_json_default)
-        return replace_dir(self.tmp, self.run_dir, before_swap=lambda _old: self._carry_groundtruth())
-
-
-    def _carry_groundtruth(self) -> None:
-        """Keep the replaced run's retrained-model ground truth (``evaluation/groundtruth``), which is
-        expensive and keyed by model and data fingerprints and training recipe, so entries that no
-        longer match are simply not used. Its ``results.json`` is not kept: it scored the old run."""
-        src = self.run_dir / EVALUATION_DIR / GROUNDTRUTH_DIR
-        if src.is_dir():
-            dst = self.tmp / EVALUATION_DIR / GROUNDTRUTH_DIR
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+        if self.run_dir.is_dir() and any(self.run_dir.iterdir()) and read_run_manifest(self.run_dir) is None:
+            raise _not_a_run(self.run_dir)  # appeared while this run was computed
+        # the replaced run's retrained-model ground truth (evaluation/groundtruth) is expensive and keyed
+        # by model and data fingerprints and training recipe (entries that no longer match are not used);
+        # its results.json is not kept: it scored the old run
+        return replace_dir(self.tmp, self.run_dir, carry=[f"{EVALUATION_DIR}/{GROUNDTRUTH_DIR}"])
 
 
 def _json_default(obj: Any) -> Any:

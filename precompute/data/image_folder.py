@@ -9,6 +9,7 @@ modes without a configured target size/mode stop the run.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +17,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from precompute.config import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE
 from precompute.errors import DataError
 
+#: largest image file read (width x height from its header; larger ones are refused or skipped
+#: like corrupt files, before any pixel is decoded: no decompression bombs)
+MAX_FILE_PIXELS = 50_000_000
+Image.MAX_IMAGE_PIXELS = MAX_FILE_PIXELS  # pillow's own guard at the same limit (raised past 2x)
+# pillow's warning between 1x and 2x is replaced by this module's own check (refused or skipped)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
@@ -27,6 +35,10 @@ class ImageFolderReport:
 
     skipped: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+class _TooLarge(Exception):
+    """An image whose header claims more pixels than :data:`MAX_FILE_PIXELS`."""
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -44,9 +56,15 @@ def scan_image_folder(root: str | Path) -> dict[str, list[tuple[Path, str]]]:
                         "directly under the root and set data.test_fraction")
     groups = {name: d for name, d in splits.items()} if splits else {"all": root}
     out: dict[str, list[tuple[Path, str]]] = {}
+    real_root = root.resolve()
     for split, d in groups.items():
         files = [(f, c.name) for c in _class_dirs(d) for f in sorted(c.rglob("*"))
                  if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        for f, _ in files:
+            target = f.resolve()
+            if not target.is_relative_to(real_root):
+                raise DataError(f"{f}: a symbolic link to {target}, outside data.path {root}; links out of the data "
+                                "folder are refused: copy the file into the folder or remove the link")
         if not files:
             raise DataError(f"{d}: no images found (expected {d}/<class_name>/*.png|jpg); check data.path")
         out[split] = files
@@ -72,14 +90,20 @@ def check_images(files: list[Path], mode: str | None, size: tuple[int, int] | No
                     raise DataError(f"{f}: mode {im.mode} differs from {f0} ({m0}); set data.image_mode = "
                                     "\"L\" or \"RGB\" to convert every image")
                 conv, wh = _convert_mode(im.mode, mode), im.size
+                if wh[0] * wh[1] > MAX_FILE_PIXELS:
+                    raise _TooLarge(f"{wh[0]}x{wh[1]} pixels, over the limit of {MAX_FILE_PIXELS:,}")
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, _TooLarge) as exc:
             if on_corrupt == "skip":
                 report.skipped.append(str(f))
                 continue
-            raise DataError(f"{f}: cannot read image ({type(exc).__name__}); remove the file or set "
+            what = f"too large: {exc}" if isinstance(exc, _TooLarge) else type(exc).__name__
+            raise DataError(f"{f}: cannot read image ({what}); remove the file or set "
                             "data.on_corrupt = \"skip\"") from None
         if size is None:
+            if max(wh) > MAX_IMAGE_SIDE or wh[0] * wh[1] > MAX_IMAGE_PIXELS:
+                raise DataError(f"{f}: {wh[0]}x{wh[1]} pixels is too large a model input (at most {MAX_IMAGE_SIDE} a "
+                                "side); set data.image_size = [height, width] to resize every image")
             s0, f0 = first.setdefault("size", (wh, f))
             if wh != s0:
                 raise DataError(f"{f}: size {wh[0]}x{wh[1]} differs from {f0} ({s0[0]}x{s0[1]}); "
@@ -106,9 +130,11 @@ class ImageFiles(torch.utils.data.Dataset):
         f = self.files[i]
         try:
             with Image.open(f) as im:
+                if im.size[0] * im.size[1] > MAX_FILE_PIXELS:
+                    raise _TooLarge(f"{im.size[0]}x{im.size[1]} pixels, over the limit of {MAX_FILE_PIXELS:,}")
                 im.load()
                 img = im.convert(self.mode)
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError, _TooLarge) as exc:
             raise DataError(f"{f}: cannot decode image ({type(exc).__name__}: {exc}); the file is truncated or "
                             "changed since it was listed: remove or replace it") from None
         if self.size is not None:

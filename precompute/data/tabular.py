@@ -89,6 +89,9 @@ def load_table(path: str | Path, label_column: str, feature_columns: list[str] |
         df = pd.read_parquet(p) if p.suffix.lower() in (".parquet", ".pq") else pd.read_csv(p)
     except Exception as exc:
         raise DataError(f"{p}: cannot read table ({type(exc).__name__}: {exc}); pass a valid CSV/parquet") from None
+    if len(df) == 0:
+        raise DataError(f"{p}: has no rows (only a header: columns {list(df.columns)[:10]}); add the samples, "
+                        "one per row")
     if label_column not in df.columns:
         raise DataError(f"{p}: no label column {label_column!r}; columns are {list(df.columns)[:10]}; "
                         "set data.label_column")

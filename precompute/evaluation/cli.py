@@ -6,6 +6,7 @@ Kept torch-free at import time: torch is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -48,6 +49,9 @@ def add_evaluate_parser(sub: Any, default_cache_dir: str) -> argparse.ArgumentPa
     ev.add_argument("--retrain", choices=["auto", "warm", "recipe"], default="auto",
                     help="auto: converge from the trained model for convex models (warm), else rerun the recipe")
     ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.add_argument("--trust-code", action="store_true",
+                    help="allow running the model.factory / data.factory files the run's manifest names (only for "
+                         "runs you built yourself; each file's sha256 recorded by precompute is checked first)")
 
     g = ev.add_argument_group("LDS (linear datamodeling score)")
     g.add_argument("--lds", action=argparse.BooleanOptionalAction, default=True, help="compute LDS (default on)")
@@ -116,9 +120,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     from cache_format.evaluation import load_trust
     from precompute.evaluation.api import evaluate_run
+    from precompute.evaluation.context import trusting_code
 
-    result = evaluate_run(args.run, settings, cache_dir=args.cache_dir, progress=not args.no_progress,
-                          log=lambda m: print(m, file=sys.stderr))
+    with trusting_code(args.trust_code):
+        result = evaluate_run(args.run, settings, cache_dir=args.cache_dir, progress=not args.no_progress,
+                              log=lambda m: print(m, file=sys.stderr))
     tr = load_trust(result.path.parent.parent)
     print(f"\nevaluation written: {result.path}  ({result.retrained} models retrained, "
           f"{result.timings.get('total', 0):.1f}s)")
@@ -135,5 +141,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if len(b):
             print("\nbrittleness: fraction of test points whose prediction flipped after removing k samples")
             print(b.pivot(index="method", columns="k", values="flip_rate").to_string(float_format=lambda v: f"{v:.2f}"))
-    print(f"open it with: influence-explorer app --cache-dir {result.path.parent.parent.parent}  (Trust page)")
+    print(f"open it with: influence-explorer app --cache-dir {shlex.quote(str(result.path.parent.parent.parent))}"
+          "  (Trust page)")
     return 0

@@ -8,7 +8,10 @@ checkpoint the trained parameters.
 from __future__ import annotations
 
 import copy
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cache_format.atomic import atomic_write
+from cache_format.atomic import atomic_write, recover_swap
+from cache_format.names import is_safe_name
 from cache_format.runs import CacheProblem, RunCache
+from cache_format.validate import open_checked
 from precompute.config import RunConfig
 from precompute.data import SplitDataset, load_dataset
 from precompute.data.source import materialize
@@ -27,10 +32,102 @@ from precompute.errors import CacheError, ConfigError, ModelError
 from precompute.models import build_model
 from precompute.training import Checkpoint
 
+#: set (to 1) by ``evaluate --trust-code`` / :func:`trusting_code`: evaluate may run the code a run's
+#: manifest names (an environment variable, so that spawned retraining workers inherit it)
+TRUST_CODE_ENV = "INFLUENCE_EXPLORER_TRUST_CODE"
+
+
+@contextmanager
+def trusting_code(trust: bool = True) -> Iterator[None]:
+    """Within the block, evaluate may import the ``model.factory`` / ``data.factory`` files a run's
+    manifest names (after checking each file's sha256 recorded by precompute). Only for runs you built."""
+    old = os.environ.get(TRUST_CODE_ENV)
+    os.environ[TRUST_CODE_ENV] = "1" if trust else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(TRUST_CODE_ENV, None)
+        else:
+            os.environ[TRUST_CODE_ENV] = old
+
+
+def check_code(run_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to run code a manifest names unless trusted, and then only the very file precompute used."""
+    from precompute.config import file_sha256
+
+    where = f"{run_dir}/manifest.json"
+    named = []
+    if cfg.model.factory:
+        named.append(("model.factory", cfg.model.factory, cfg.model.factory_sha256))
+    if cfg.data.source == "factory" or cfg.data.factory:
+        named.append(("data.factory", cfg.data.factory, cfg.data.factory_sha256))
+    for key, spec, recorded in named:
+        if os.environ.get(TRUST_CODE_ENV) != "1":
+            raise CacheError(f"{where}: the run names {key} = {spec!r}; evaluate never runs code named by a cache: "
+                             "if you built this run yourself, pass --trust-code (the file's recorded sha256 is "
+                             "checked first)")
+        file = str(spec).rsplit(":", 1)[0] if isinstance(spec, str) else ""
+        if not recorded:
+            raise CacheError(f"{where}: no sha256 recorded for {key} = {spec!r}; rebuild the run with influence-explorer "
+                             "precompute --overwrite so that its code can be checked")
+        try:
+            actual = file_sha256(file)
+        except OSError:
+            raise CacheError(f"{file}: {key} named by {where} cannot be read; rebuild the run") from None
+        if actual != recorded:
+            raise CacheError(f"{file}: {key} changed since the run was built (sha256 {recorded[:12]}... recorded, "
+                             f"{actual[:12]}... now); rebuild the run with influence-explorer precompute --overwrite")
+
+
+def checkpoint_files(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """The run's checkpoint files from ``manifest.model.checkpoints``: relative paths inside the run
+    only (no absolute paths, ``..`` or symlinks out), each checked against its recorded sha256."""
+    from precompute.config import file_sha256
+
+    where = f"{run_dir}/manifest.json"
+    ckpts = (manifest.get("model") or {}).get("checkpoints") if isinstance(manifest.get("model"), dict) else None
+    if not ckpts or not isinstance(ckpts, list):
+        raise CacheError(f"{where}: model.checkpoints is empty; evaluation needs the trained "
+                         "model: rebuild the run with influence-explorer precompute --overwrite")
+    root = run_dir.resolve()
+    out = []
+    for c in ckpts:
+        rel = c.get("path") if isinstance(c, dict) else None
+        ok = isinstance(rel, str) and rel and not Path(rel).is_absolute() and ".." not in Path(rel).parts
+        path = run_dir / rel if ok else None
+        if not ok or not path.resolve().is_relative_to(root):
+            raise CacheError(f"{where}: checkpoint path {rel!r} is not inside the run; a cache's paths must stay in "
+                             "its folder: rebuild the run with influence-explorer precompute --overwrite")
+        if not path.is_file():
+            raise CacheError(f"{path} is missing; rebuild the run with influence-explorer precompute --overwrite")
+        recorded = c.get("sha256")
+        if recorded is not None and file_sha256(path) != recorded:
+            raise CacheError(f"{path}: does not match the sha256 recorded in {where} (changed or damaged); rebuild "
+                             "the run with influence-explorer precompute --overwrite")
+        out.append(path)
+    return out
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint of the run (weights only: never pickled code); one-line error if unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a damaged file makes the unpickler raise anything
+        raise CacheError(f"{path}: not a readable checkpoint ({type(exc).__name__}); rebuild the run with "
+                         "influence-explorer precompute --overwrite") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CacheError(f"{path}: not a state_dict of tensors; rebuild the run with influence-explorer precompute "
+                         "--overwrite")
+    return state
+
 
 def resolve_run_dir(run: str | Path, cache_dir: str | Path | None = None) -> Path:
     """``run`` is a run folder (holding manifest.json) or a run name under ``cache_dir``."""
     p = Path(run)
+    recover_swap(p)  # a precompute killed while replacing this run: finish its swap first
+    if cache_dir is not None and is_safe_name(str(run)):
+        recover_swap(Path(cache_dir) / str(run))
     if (p / "manifest.json").is_file():
         return p
     if cache_dir is not None and (Path(cache_dir) / str(run) / "manifest.json").is_file():
@@ -54,30 +151,27 @@ class RunContext:
     @classmethod
     def load(cls, run_dir: str | Path) -> RunContext:
         run_dir = Path(run_dir)
-        try:
-            cache = RunCache(run_dir)
+        try:  # every file checked against the manifest first (damaged or hostile caches: one line)
+            cache = open_checked(run_dir)
         except CacheProblem as exc:
             raise CacheError(exc.message) from None
         manifest = cache.manifest
         try:
             cfg = RunConfig.from_dict(manifest["config"], source=f"{run_dir}/manifest.json config")
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise CacheError(f"{run_dir}/manifest.json: no usable 'config' ({exc}); rebuild the run with "
                              "influence-explorer precompute --overwrite") from None
+        except ConfigError as exc:
+            raise CacheError(f"{exc}; rebuild the run with influence-explorer precompute --overwrite") from None
+        check_code(run_dir, cfg)
+        files = checkpoint_files(run_dir, manifest)  # before anything is loaded
         ds = load_dataset(cfg.data)
         recorded = manifest.get("dataset", {}).get("fingerprint")
         if recorded and ds.fingerprint() != recorded:
             raise CacheError(f"{run_dir}/manifest.json: dataset fingerprint {recorded} does not match the data "
                              f"loaded now ({ds.fingerprint()}); the data changed since precompute: rebuild the run "
                              "with influence-explorer precompute --overwrite")
-        ckpts = manifest.get("model", {}).get("checkpoints") or []
-        if not ckpts:
-            raise CacheError(f"{run_dir}/manifest.json: model.checkpoints is empty; evaluation needs the trained "
-                             "model: rebuild the run with influence-explorer precompute --overwrite")
-        final = run_dir / ckpts[-1]["path"]
-        if not final.is_file():
-            raise CacheError(f"{final} is missing; rebuild the run with influence-explorer precompute --overwrite")
-        state = torch.load(final, map_location="cpu", weights_only=True)
+        state = _load_state(files[-1])
         return cls(run_dir=run_dir, manifest=manifest, cfg=cfg, ds=ds, final_state=state)
 
     # ------------------------------------------------------------------ facts
@@ -151,9 +245,9 @@ class RunContext:
 
     def checkpoints(self) -> list[Checkpoint]:
         out = []
-        for c in self.manifest["model"]["checkpoints"]:
-            state = torch.load(self.run_dir / c["path"], map_location="cpu", weights_only=True)
-            out.append(Checkpoint(epoch=int(c["epoch"]), lr=float(c["lr"]), state_dict=state))
+        files = checkpoint_files(self.run_dir, self.manifest)
+        for c, path in zip(self.manifest["model"]["checkpoints"], files, strict=True):
+            out.append(Checkpoint(epoch=int(c["epoch"]), lr=float(c["lr"]), state_dict=_load_state(path)))
         return out
 
     # ------------------------------------------------------------------ scores
