@@ -20,13 +20,15 @@ class CGConfig(MethodConfig):
     run's); ``block``: block CG over each test batch (shared Krylov space, far fewer steps) instead of
     one independent CG per test point; ``recycle_mb``: block CG keeps the first batch's search
     directions and their HVPs (up to this much memory, 0 = off) and starts each later batch from the
-    Galerkin solution in that space, which costs no HVPs."""
+    Galerkin solution in that space, which costs no HVPs; ``self_block``: training samples per
+    self-influence solve (its convergence is reported as ``self_iterations`` / ``self_unconverged``)."""
 
     tol: float = 1e-3
     max_iter: int = 100
     hvp_batch_size: int | None = None
     block: bool = True
     recycle_mb: int = 256
+    self_block: int = 512
 
     def validate(self) -> CGConfig:
         super().validate()
@@ -39,6 +41,8 @@ class CGConfig(MethodConfig):
                               f"(got {self.hvp_batch_size!r})")
         if not isinstance(self.block, bool):
             raise ConfigError(f"influence.options.cg.block: must be true or false (got {self.block!r})")
+        if not isinstance(self.self_block, int) or self.self_block < 1:
+            raise ConfigError(f"influence.options.cg.self_block: must be an integer >= 1 (got {self.self_block!r})")
         if not isinstance(self.recycle_mb, int) or self.recycle_mb < 0:
             raise ConfigError(f"influence.options.cg.recycle_mb: must be an integer >= 0 (got {self.recycle_mb!r})")
         return self
@@ -179,9 +183,8 @@ class ConjugateGradient(InfluenceEstimator):
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._require_fit().gradients(x, y)
 
-    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        task = self._require_fit()
-        g = gradients64(task, x, y)
+    def _solve(self, g: torch.Tensor, prefix: str = "") -> torch.Tensor:
+        """``(H + lambda I)^-1 g`` for the rows of ``g [b, p]`` float64; stats under ``prefix``."""
         if self.config.block:
             recycling = self.recycle_ is None and self._recycle_cap(g.shape[1]) > 0  # the first batch's
             keep: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if recycling else None
@@ -191,15 +194,34 @@ class ConjugateGradient(InfluenceEstimator):
                 self._recycle(keep)
         else:
             s, stats = batched_cg(self.matvec_, g, self.config.tol, self.config.max_iter)
-        self.stats_["iterations"] = max(self.stats_["iterations"], stats["iterations"])
-        self.stats_["max_relative_residual"] = max(self.stats_["max_relative_residual"], stats["max_relative_residual"])
-        self.stats_["unconverged"] += stats["unconverged"]
+        st = self.stats_
+        st[f"{prefix}iterations"] = max(st.get(f"{prefix}iterations", 0), stats["iterations"])
+        st[f"{prefix}max_relative_residual"] = max(st.get(f"{prefix}max_relative_residual", 0.0),
+                                                   stats["max_relative_residual"])
+        st[f"{prefix}unconverged"] = st.get(f"{prefix}unconverged", 0) + stats["unconverged"]
         if stats["unconverged"]:
-            warnings.warn(f"cg: {stats['unconverged']} of {len(g)} test points did not reach tol={self.config.tol} "
+            what = "training points (self-influence)" if prefix else "test points"
+            warnings.warn(f"cg: {stats['unconverged']} of {len(g)} {what} did not reach tol={self.config.tol} "
                           f"in max_iter={self.config.max_iter} steps (worst relative residual "
                           f"{stats['max_relative_residual']:.2g}); raise influence.options.cg.max_iter or the damping",
-                          stacklevel=2)
-        return as_model_dtype(task, s)
+                          stacklevel=3)
+        return s
+
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        task = self._require_fit()
+        return as_model_dtype(task, self._solve(gradients64(task, x, y)))
+
+    def self_influence_block(self) -> int:
+        """Training rows per self-influence solve (one block CG each; the store gathers them)."""
+        return self.config.self_block
+
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``g_i . (H + lambda I)^-1 g_i`` ``[b]``: one block solve over the b rows (warm-started from the
+        recycled test directions), the stored gradients reused; convergence stats as ``self_*``."""
+        task = self._require_fit()
+        g = gradients64(task, x, y) if train is None else train.to(torch.float64)
+        s = as_model_dtype(task, self._solve(g, "self_"))
+        return (s * g.to(s.dtype)).sum(dim=1)
 
     def fit_info(self) -> dict[str, Any]:
         return {"damping": self.lam_, **self.stats_}

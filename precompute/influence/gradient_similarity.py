@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from precompute.influence.base import Capabilities, InfluenceEstimator
+from precompute.influence.tracin import self_dot
 
 
 class GradDot(InfluenceEstimator):
@@ -23,6 +24,10 @@ class GradDot(InfluenceEstimator):
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._require_fit().features(x, y)
+
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``|g_i|^2`` ``[b]``, from the stored train factors when given (no second gradient pass)."""
+        return self_dot(self.train_factors(x, y) if train is None else train)
 
 
 class GradCos(InfluenceEstimator):
@@ -44,3 +49,7 @@ class GradCos(InfluenceEstimator):
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._unit(self._require_fit().features(x, y))
+
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``|u_i|^2`` (1 up to rounding) ``[b]``, from the stored unit rows when given."""
+        return self_dot(self.train_factors(x, y) if train is None else train)

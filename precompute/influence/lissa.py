@@ -20,7 +20,10 @@ class LiSSAConfig(MethodConfig):
     """``depth``: recursion steps; ``scale``: s > largest eigenvalue of H + lambda I, or ``"auto"`` =
     2 x the top eigenvalue from 20 Lanczos steps on the full H; ``repeats``: independent runs averaged;
     ``batch_size``: training samples per stochastic HVP (None = the full training set, deterministic);
-    ``tol``: relative change of the estimate over the last 10% of steps above which it warns; ``seed``."""
+    ``tol``: relative change of the estimate over the last 10% of steps above which it warns; ``seed``;
+    ``self_depth``: recursion steps for self-influence, where every training sample is a query (None =
+    ``depth // 10``; its own convergence check is reported as ``self_max_relative_change``);
+    ``self_block``: training samples per self-influence recursion (one batched HVP per step)."""
 
     depth: int = 1000
     scale: float | str = "auto"
@@ -28,10 +31,12 @@ class LiSSAConfig(MethodConfig):
     batch_size: int | None = 256
     tol: float = 1e-2
     seed: int = 0
+    self_depth: int | None = None
+    self_block: int = 2048
 
     def validate(self) -> LiSSAConfig:
         super().validate()
-        for key in ("depth", "repeats"):
+        for key in ("depth", "repeats", "self_block"):
             v = getattr(self, key)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"influence.options.lissa.{key}: must be an integer >= 1 (got {v!r})")
@@ -40,6 +45,9 @@ class LiSSAConfig(MethodConfig):
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"influence.options.lissa.batch_size: must be an integer >= 1 or omitted "
                               f"(got {self.batch_size!r})")
+        if self.self_depth is not None and (not isinstance(self.self_depth, int) or self.self_depth < 1):
+            raise ConfigError(f"influence.options.lissa.self_depth: must be an integer >= 1 or omitted "
+                              f"(got {self.self_depth!r})")
         if not isinstance(self.tol, int | float) or self.tol <= 0:
             raise ConfigError(f"influence.options.lissa.tol: must be a number > 0 (got {self.tol!r})")
         return self
@@ -58,7 +66,7 @@ class LiSSA(InfluenceEstimator):
 
     name = "lissa"
     capabilities = Capabilities(damping="hessian", exact_spearman=0.99)
-    quick_options: ClassVar[dict[str, Any]] = {"depth": 60, "batch_size": None}
+    quick_options: ClassVar[dict[str, Any]] = {"depth": 60, "batch_size": None, "self_depth": 60}
     config_class = LiSSAConfig
     summary = "stochastic Neumann series (LiSSA) for the iHVP"
 
@@ -71,22 +79,35 @@ class LiSSA(InfluenceEstimator):
             self.scale_ = 2.0 * (top + self.lam_)
         else:
             self.scale_ = float(self.config.scale)
-        self.stats_: dict[str, Any] = {"max_relative_change": 0.0}
+        self.stats_: dict[str, Any] = {"max_relative_change": 0.0, "self_max_relative_change": 0.0}
         return self
+
+    @property
+    def self_depth(self) -> int:
+        d = self.config.self_depth
+        return max(self.config.depth // 10, 1) if d is None else d
+
+    def self_influence_block(self) -> int:
+        """Training rows per self-influence call (the store gathers them across chunks)."""
+        return self.config.self_block
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._require_fit().gradients(x, y)
 
-    def _run(self, g: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _run(self, g: torch.Tensor, gen: torch.Generator, depth: int | None = None,
+             stat: str = "max_relative_change") -> torch.Tensor:
+        """``h_T / scale`` ``[b, p]`` for the rows of ``g`` after ``depth`` steps (default ``config.depth``);
+        the convergence check goes to ``stats_[stat]``."""
         task = self._require_fit()
         cfg, n, s = self.config, task.n_train, self.scale_
+        depth = cfg.depth if depth is None else depth
         bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
         full = damped_hvp(task, self.lam_) if bs == n else None
         limit = 10.0 * s / max(self.lam_ + task.weight_decay, 1e-12 * s) if self.lam_ + task.weight_decay > 0 else 1e8
         g_norm = g.norm(dim=1).clamp_min(1e-300)
         h = g.clone()
         checkpoint = None
-        for j in range(1, cfg.depth + 1):
+        for j in range(1, depth + 1):
             if full is None:
                 idx = torch.randint(0, n, (bs,), generator=gen).to(task.x_train.device)
                 matvec = damped_hvp(task, self.lam_, task.x_train[idx], task.y_train[idx], bs)
@@ -96,18 +117,20 @@ class LiSSA(InfluenceEstimator):
             growth = (h.norm(dim=1) / g_norm).max().item()
             if not math.isfinite(growth) or growth > limit:
                 raise MethodError(
-                    f"lissa: the Neumann series diverged at step {j} of {cfg.depth} (|h| = {growth:.3g} x |g|): "
+                    f"lissa: the Neumann series diverged at step {j} of {depth} (|h| = {growth:.3g} x |g|): "
                     f"scale={s:.4g} is below the largest eigenvalue of the mini-batch H + lambda I, or H + lambda I "
                     f"is indefinite; raise influence.options.lissa.scale (e.g. to {4 * s:.4g}) or set it to "
                     "\"auto\", raise influence.options.lissa.batch_size, or raise influence.damping")
-            if j == cfg.depth - max(cfg.depth // 10, 1):
+            if j == depth - max(depth // 10, 1):
                 checkpoint = h.clone()
         if checkpoint is not None:
             change = ((h - checkpoint).norm(dim=1) / h.norm(dim=1).clamp_min(1e-300)).max().item()
-            self.stats_["max_relative_change"] = max(self.stats_["max_relative_change"], change)
+            self.stats_[stat] = max(self.stats_[stat], change)
             if change > cfg.tol:
-                warnings.warn(f"lissa: not converged (estimate still changed by {change:.2g} over the last 10% of "
-                              f"{cfg.depth} steps); raise influence.options.lissa.depth (or, if mini-batch noise, "
+                key = "self_depth" if stat.startswith("self") else "depth"
+                what = "self-influence " if stat.startswith("self") else ""
+                warnings.warn(f"lissa: {what}not converged (estimate still changed by {change:.2g} over the last 10% "
+                              f"of {depth} steps); raise influence.options.lissa.{key} (or, if mini-batch noise, "
                               "batch_size / repeats) or influence.damping", stacklevel=3)
         return h / s
 
@@ -117,5 +140,16 @@ class LiSSA(InfluenceEstimator):
         s = sum(self._run(g, gen) for _ in range(self.config.repeats)) / self.config.repeats
         return as_model_dtype(self._require_fit(), s)
 
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``g_i . s_i`` ``[b]`` with s_i from ``self_depth`` steps, all b rows in one recursion (the same
+        mini-batch sequence as the test side); ``train``: the stored gradients, reused."""
+        task = self._require_fit()
+        g = gradients64(task, x, y) if train is None else train.to(torch.float64)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        s = sum(self._run(g, gen, self.self_depth, "self_max_relative_change")
+                for _ in range(self.config.repeats)) / self.config.repeats
+        return (s * g).sum(dim=1)
+
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lam_, "scale": self.scale_, "depth": self.config.depth, **self.stats_}
+        return {"damping": self.lam_, "scale": self.scale_, "depth": self.config.depth,
+                "self_depth": self.self_depth, **self.stats_}

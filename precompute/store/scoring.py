@@ -23,9 +23,15 @@ from precompute.store.gradient_store import GradientStore
 def train_factor_fn(est: InfluenceEstimator, task: InfluenceTask, batch_size: int) -> Callable[[int, int], np.ndarray]:
     """``(start, stop) -> train factors [stop - start, d]`` of those training rows, in batches."""
     def compute(start: int, stop: int) -> np.ndarray:
-        parts = [est.train_factors(task.x_train[s:min(s + batch_size, stop)], task.y_train[s:min(s + batch_size, stop)])
-                 .detach().to("cpu").numpy() for s in range(start, stop, batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, 0))
+        out: np.ndarray | None = None  # filled batch by batch: no list of parts and concatenated copy
+        for s in range(start, stop, batch_size):
+            e = min(s + batch_size, stop)
+            part = est.train_factors(task.x_train[s:e], task.y_train[s:e]).detach().to("cpu").numpy()
+            if out is None:
+                out = np.empty((stop - start, part.shape[1]), part.dtype)
+            out[s - start:e - start] = part
+            del part
+        return out if out is not None else np.zeros((0, 0))
     return compute
 
 
@@ -53,13 +59,41 @@ def score_against_store(est: InfluenceEstimator, store: GradientStore, x_test: t
             tick(e - s)
 
 
+def self_influence_rows(est: InfluenceEstimator, batch_size: int) -> int:
+    """Training rows per ``self_influence`` call: the estimator's ``self_influence_block()`` where it has
+    one (iterative solvers: one batched solve over many rows costs less per row), else ``batch_size``."""
+    block = getattr(est, "self_influence_block", None)
+    return max(int(block()), 1) if callable(block) else batch_size
+
+
 def self_influence_from_store(est: InfluenceEstimator, task: InfluenceTask, store: GradientStore,
                               batch_size: int) -> np.ndarray:
-    """``score(i, i)`` for every training sample ``[n_train]`` float64, the train side read from the store."""
+    """``score(i, i)`` for every training sample ``[n_train]`` float64, the train side read from the store
+    in blocks of :func:`self_influence_rows` rows (gathered across store chunks when a block spans them)."""
     out = np.zeros(task.n_train, np.float64)
+    rows = self_influence_rows(est, batch_size)
+    pending: list[np.ndarray] = []
+    start = filled = 0
+
+    def flush() -> None:
+        nonlocal start, filled
+        if not filled:
+            return
+        t = _readonly_tensor(pending[0] if len(pending) == 1 else np.concatenate(pending)).to(task.x_train.device)
+        a, b = start, start + filled
+        out[a:b] = est.self_influence(task.x_train[a:b], task.y_train[a:b], t).detach().to("cpu", torch.float64).numpy()
+        pending.clear()
+        start, filled = b, 0
+
     for c0, chunk in store.iter_chunks():
-        for s in range(0, len(chunk), batch_size):
-            a, b = c0 + s, c0 + min(s + batch_size, len(chunk))
-            t = _readonly_tensor(chunk[s:s + batch_size]).to(task.x_train.device)
-            out[a:b] = est.self_influence(task.x_train[a:b], task.y_train[a:b], t).detach().to("cpu", torch.float64).numpy()
+        assert c0 == start + filled, "store chunks come in row order"
+        s = 0
+        while s < len(chunk):
+            take = min(rows - filled, len(chunk) - s)
+            pending.append(chunk[s:s + take])
+            filled += take
+            s += take
+            if filled == rows:
+                flush()
+    flush()
     return out
