@@ -21,14 +21,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _options(method: str) -> dict:
     opts = dict(estimator_class(method).quick_options)
-    if "proj_dim" in estimator_class(method).config_class.__dataclass_fields__:
+    fields = estimator_class(method).config_class.__dataclass_fields__
+    if "proj_dim" in fields:
         opts["proj_dim"] = 10**6  # the uncompressed reference does not project either
+    if "fisher" in fields:
+        opts["fisher"] = "ggn"  # "auto" is the GGN uncompressed but the sampled Fisher when compressed
     return opts
 
 
-def test_the_compressible_methods_are_the_gradient_similarity_family():
-    assert {"graddot", "gradcos", "tracin", "trak"} <= set(COMPRESSIBLE)
-    assert "exact" not in COMPRESSIBLE and "ekfac" not in COMPRESSIBLE  # Hessian methods see exact gradients
+def test_the_compressible_methods_are_gradient_similarity_and_kronecker():
+    assert {"graddot", "gradcos", "tracin", "trak", "kfac", "ekfac"} <= set(COMPRESSIBLE)
+    assert "exact" not in COMPRESSIBLE and "cg" not in COMPRESSIBLE  # they need exact gradients and HVPs
 
 
 @pytest.mark.parametrize("kind", ["factored", "dropout"])
@@ -76,3 +79,33 @@ def test_compressed_4x_keeps_the_ranking_on_the_digits_mlp(digits_mlp_task, meth
     packed = compute_scores(get_estimator(method), dataclasses.replace(task, compressor=comp), xs, ys)
     rho = spearman_rows(packed, plain)
     assert np.nanmean(rho) >= 0.9 and np.nanmin(rho) >= 0.6
+
+
+@pytest.mark.parametrize("method", ["ekfac", "kfac"])
+def test_kronecker_methods_at_the_default_dims_keep_the_ranking_on_the_digits_mlp(digits_mlp_task, method):
+    """Compressed-space K-FAC/EK-FAC (the run's compressor at its default dims) vs the parameter-space fit."""
+    task, xs, ys = digits_mlp_task
+    comp = GradientCompressor.create(CompressionConfig(kind="factored"), task.model, task.space, task.x_train[:2])
+    plain = compute_scores(get_estimator(method, {"fisher": "sampled"}), task, xs, ys)
+    est = get_estimator(method, {"fisher": "sampled"})
+    packed = compute_scores(est, dataclasses.replace(task, compressor=comp), xs, ys)
+    assert est.fit_info()["space"] == "compressed"
+    rho = spearman_rows(packed, plain)
+    assert np.nanmean(rho) >= 0.9 and np.nanmin(rho) >= 0.8
+
+
+def test_trak_without_a_compressor_projects_per_layer_when_a_dense_projection_would_not_fit(monkeypatch):
+    """p x proj_dim above DENSE_PROJECTION_MAX: TRAK makes its own factored compressor (never a dense
+    [p, k] Gaussian) and scores as it does with the run's compressor of the same settings."""
+    from precompute.influence import trak as trak_mod
+
+    task, xs, ys = tiny_task("cnn", damping=0.1)
+    monkeypatch.setattr(trak_mod, "DENSE_PROJECTION_MAX", 0)
+    est = get_estimator("trak", {"proj_dim": 16, "seed": 3})
+    own = compute_scores(est, task, xs, ys)
+    assert est.fit_info()["proj_dim"].startswith("compressor") and est.projections_ == [None] * len(est.models_)
+    comp = GradientCompressor.create(CompressionConfig(kind="factored", dim=16, seed=3), task.model, task.space,
+                                     task.x_train[:2])
+    run_comp = compute_scores(get_estimator("trak", {"proj_dim": 16, "seed": 3}),
+                              dataclasses.replace(task, compressor=comp), xs, ys)
+    np.testing.assert_allclose(own, run_comp, rtol=1e-6, atol=1e-9 * np.abs(run_comp).max())

@@ -165,7 +165,7 @@ def test_sampled_fisher_is_an_unbiased_estimate_of_the_ggn():
 
 def test_sampled_fisher_is_seeded_and_replay_matches_a_second_pass(mlp):
     task, _, _ = mlp
-    fit = lambda **kw: get_estimator("ekfac", kw).fit(task)  # noqa: E731
+    fit = lambda **kw: get_estimator("ekfac", {"fisher": "sampled", **kw}).fit(task)  # noqa: E731
     one, again, other = fit(seed=1), fit(seed=1), fit(seed=2)
     two_pass = fit(seed=1, replay_mb=0)
     assert (one.fit_info()["passes"], two_pass.fit_info()["passes"]) == (1, 2)
@@ -217,3 +217,15 @@ def test_conv_patches_equal_unfold(cfg):
     x = torch.randn(5, 3, 9, 7)
     ref = nn.functional.unfold(x, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride)
     assert torch.equal(_patches(x, conv), ref.transpose(1, 2))
+
+
+def test_auto_fisher_is_the_exact_ggn_for_few_classes_and_sampled_for_many(mlp):
+    task, _, _ = mlp
+    auto, ggn = get_estimator("ekfac").fit(task), get_estimator("ekfac", {"fisher": "ggn"}).fit(task)
+    assert auto.config.fisher == "auto" and auto.fit_info()["fisher"] == "ggn"
+    for a, b in zip(auto.factors_, ggn.factors_, strict=True):
+        assert torch.equal(a.S, b.S) and torch.equal(a.eig, b.eig)
+    wide = nn.Sequential(nn.Linear(8, 20)).to(torch.float64)
+    many = InfluenceTask(wide, ParamSpace(wide, select_parameters(wide)), task.x_train, task.y_train % 20,
+                         task.weight_decay, task.damping)
+    assert get_estimator("kfac").fit(many).fit_info()["fisher"] == "sampled"

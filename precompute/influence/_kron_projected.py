@@ -21,6 +21,7 @@ Damping ``"auto"`` is per layer: 0.1 x the mean of that layer's eigenvalues (kro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,26 @@ from precompute.influence._kron import output_cotangents
 FULL_BLOCK_MAX = 4096
 #: damping "auto" in the projected space: this fraction of each layer's mean eigenvalue
 AUTO_LAYER_SCALE = 0.1
+
+
+def projected_mode(task: Any) -> bool:
+    """Whether K-FAC/EK-FAC fit in the compressed space: the run has a compressor that compresses."""
+    comp = getattr(task, "compressor", None)
+    return comp is not None and comp.config.kind != "none"
+
+
+def kron_compressor(task: Any) -> Any:
+    """The run's compressor with every Linear/Conv2d on the factored path (``dense_below = 0``), so each
+    layer keeps its Kronecker structure (small layers are otherwise projected densely)."""
+    from precompute.compression import GradientCompressor
+
+    comp = task.compressor
+    if comp.config.dense_below == 0:
+        return comp
+    cfg = dataclasses.replace(comp.config, dense_below=0)
+    out = GradientCompressor.create(cfg, task.model, task.space, task.x_train[:2])
+    out.max_batch = comp.max_batch
+    return out
 
 
 @dataclass

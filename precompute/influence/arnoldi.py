@@ -9,21 +9,31 @@ import torch
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import Matvec, as_model_dtype, damped_hvp, gradients64
+from precompute.influence._spectrum import arnoldi_eigs
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+__all__ = ["ArnoldiConfig", "ArnoldiInfluence", "arnoldi_eigs"]  # arnoldi_eigs: re-exported (lissa, exact)
+
+RESIDUALS = ("gradient", "mean", "damping", "drop")
 
 
 @dataclass
 class ArnoldiConfig(MethodConfig):
     """``n_iter``: Krylov dimension (HVPs, clipped to p); ``rank``: eigenpairs kept (largest |eigenvalue|,
-    clipped to n_iter); ``seed``: start vector; ``residual``: what to do with the directions outside
-    the kept eigenvectors: ``"damping"`` treats their eigenvalue as 0 (weight 1 / lambda, the default:
-    far better rankings when lambda is not tiny), ``"drop"`` ignores them (the paper; k-dim factors).
-    ``n_iter = rank = p`` is the exact inverse either way."""
+    clipped to n_iter); ``seed``: start vector and probes; ``residual``: the one eigenvalue mu_r given to
+    the directions outside the kept eigenvectors U (they weigh 1 / (mu_r + lambda)): ``"gradient"`` (the
+    default) the curvature that the training gradients see there, the Rayleigh quotient
+    sum_i (P g_i)^T H (P g_i) / sum_i |P g_i|^2 over ``residual_probes`` seeded training samples
+    (P = I - U U^T; one batched HVP pass); ``"mean"`` the plain mean eigenvalue tr(P H P) / (p - k)
+    (Hutchinson with ``residual_probes`` projected Rademacher probes); ``"damping"`` mu_r = 0 (weight
+    1 / lambda: the scores collapse towards gradient dot as lambda -> 0); ``"drop"`` ignores them (the
+    paper; k-dim factors). ``n_iter = rank = p`` is the exact inverse in every mode."""
 
     n_iter: int = 200
     rank: int = 100
     seed: int = 0
-    residual: str = "damping"
+    residual: str = "gradient"
+    residual_probes: int = 64
 
     def validate(self) -> ArnoldiConfig:
         super().validate()
@@ -33,55 +43,27 @@ class ArnoldiConfig(MethodConfig):
                 raise ConfigError(f"influence.options.arnoldi.{key}: must be an integer >= 1 (got {v!r})")
         if self.rank > self.n_iter:
             raise ConfigError(f"influence.options.arnoldi.rank: must be <= n_iter={self.n_iter} (got {self.rank})")
-        if self.residual not in ("damping", "drop"):
-            raise ConfigError(f"influence.options.arnoldi.residual: must be \"damping\" or \"drop\" "
+        if self.residual not in RESIDUALS:
+            raise ConfigError(f"influence.options.arnoldi.residual: must be one of {', '.join(RESIDUALS)} "
                               f"(got {self.residual!r})")
+        if not isinstance(self.residual_probes, int) or self.residual_probes < 1:
+            raise ConfigError(f"influence.options.arnoldi.residual_probes: must be an integer >= 1 "
+                              f"(got {self.residual_probes!r})")
         return self
 
 
-def arnoldi_eigs(matvec: Matvec, p: int, n_iter: int, seed: int = 0,
-                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Ritz pairs of a symmetric operator from ``n_iter`` Arnoldi steps: ``(evals [m], evecs [p, m])``.
-
-    Full re-orthogonalisation (twice) keeps the basis orthonormal in float64; on breakdown (an
-    invariant subspace) the iteration restarts from a fresh random vector orthogonal to the basis.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    m = min(n_iter, p)
-    q = torch.zeros(m, p, dtype=torch.float64, device=device)
-    h = torch.zeros(m, m, dtype=torch.float64, device=device)
-    v = torch.randn(p, generator=gen, dtype=torch.float64).to(device)
-    q[0] = v / v.norm()
-    for j in range(m):
-        w = matvec(q[j:j + 1])[0]
-        for _ in range(2):
-            c = q[:j + 1] @ w
-            h[:j + 1, j] += c
-            w = w - c @ q[:j + 1]
-        if j + 1 == m:
-            break
-        nrm = w.norm()
-        if nrm > 1e-10 * h[:j + 1, j].abs().max().clamp_min(1e-300):
-            h[j + 1, j] = nrm
-            q[j + 1] = w / nrm
-        else:  # invariant subspace found: continue from a random direction orthogonal to the basis
-            r = torch.randn(p, generator=gen, dtype=torch.float64).to(device)
-            for _ in range(2):
-                r = r - (q[:j + 1] @ r) @ q[:j + 1]
-            q[j + 1] = r / r.norm()
-    evals, vecs = torch.linalg.eigh(0.5 * (h + h.T))
-    return evals, q.T @ vecs
-
-
 class ArnoldiInfluence(InfluenceEstimator):
-    """score(t, i) = sum_k (u_k . g_t)(u_k . g_i) / (mu_k + lambda) [+ g_t^T (I - U U^T) g_i / lambda].
+    """score(t, i) = sum_k (u_k . g_t)(u_k . g_i) / (mu_k + lambda) + g_t^T (I - U U^T) g_i / (mu_r + lambda).
 
-    (mu_k, u_k) are the top-``rank`` (by |mu|) Ritz pairs of H from ``n_iter`` Arnoldi steps (one
-    single-vector HVP each; cost O(n_iter n p + n_iter^2 p), memory O(n_iter p)). Schioppa et al.
-    (2022) drop the rest of the space (``residual = "drop"``: k-dim factors, O(k) per pair); the
-    default keeps it with eigenvalue 0, i.e. weight 1/lambda (p-dim factors). New test points cost
-    one gradient each. Use it for large p when the spectrum is dominated by a few directions;
-    ``rank = n_iter = p`` reproduces ``exact``.
+    (mu_k, u_k) are the top-``rank`` (largest) Ritz pairs of H from ``n_iter`` Arnoldi steps (one
+    single-vector HVP each; cost O(n_iter n p + n_iter^2 p), memory O(n_iter p)). The rest of the
+    space gets one eigenvalue mu_r (``residual``): by default the curvature the training gradients
+    see there (their Rayleigh quotient after projecting out U), so a small lambda does not blow the
+    unexplored directions up to weight 1 / lambda (``"damping"``: mu_r = 0) and the scores stay a
+    preconditioned, not a plain gradient-dot, estimate; Schioppa et al. (2022) drop it (``"drop"``).
+    Kept Ritz values with mu_k + lambda <= 0 (negative curvature of a non-convex model) are moved to
+    the residual. New test points cost one gradient each. Use it for large p when the spectrum is
+    dominated by a few directions; ``rank = n_iter = p`` reproduces ``exact``.
     """
 
     name = "arnoldi"
@@ -93,21 +75,52 @@ class ArnoldiInfluence(InfluenceEstimator):
     def fit(self, task: InfluenceTask) -> ArnoldiInfluence:
         super().fit(task)
         self.lam_ = self.damping_for(task)
-        evals, evecs = arnoldi_eigs(damped_hvp(task, 0.0), task.space.size, self.config.n_iter, self.config.seed,
-                                    task.x_train.device)
-        order = evals.abs().argsort(descending=True)[:self.config.rank]
+        p = task.space.size
+        hvp = damped_hvp(task, 0.0)
+        evals, evecs = arnoldi_eigs(hvp, p, self.config.n_iter, self.config.seed, task.x_train.device)
+        order = evals.argsort(descending=True)[:self.config.rank]
+        order = order[evals[order] + self.lam_ > 0]  # negative curvature goes to the residual
+        if self.config.residual in ("damping", "drop") and len(order) < min(self.config.rank, len(evals)):
+            raise MethodError(f"arnoldi: a kept eigenvalue of H + lambda I is {(evals.min() + self.lam_).item():.3g}"
+                              f" <= 0 (lambda={self.lam_}); raise influence.damping above {-evals.min().item():.3g}, "
+                              "use \"auto\" or residual = \"gradient\"")
         self.eigenvalues_, self.eigenvectors_ = evals[order], evecs[:, order]  # [k], [p, k]
-        shifted = self.eigenvalues_ + self.lam_
-        if (shifted <= 0).any():
-            raise MethodError(f"arnoldi: a kept eigenvalue of H + lambda I is {shifted.min().item():.3g} <= 0 "
-                              f"(lambda={self.lam_}); raise influence.damping above "
-                              f"{-self.eigenvalues_.min().item():.3g} (or use \"auto\")")
-        self.inv_ = 1.0 / shifted
-        self.keep_residual_ = self.config.residual == "damping" and self.eigenvalues_.numel() < task.space.size
-        if self.keep_residual_ and self.lam_ <= 0:
-            raise MethodError("arnoldi: residual = \"damping\" weighs the unexplored directions by 1 / lambda, "
-                              "so lambda must be > 0; set influence.damping > 0 (or \"auto\") or residual = \"drop\"")
+        self.inv_ = 1.0 / (self.eigenvalues_ + self.lam_)
+        k = self.eigenvalues_.numel()
+        self.keep_residual_ = self.config.residual != "drop" and k < p
+        self.residual_eigenvalue_ = 0.0
+        if self.keep_residual_ and self.config.residual in ("gradient", "mean"):
+            self.residual_eigenvalue_ = self._residual_eigenvalue(task, hvp, p)
+        self.residual_inv_ = 0.0
+        if self.keep_residual_:
+            shift = self.residual_eigenvalue_ + self.lam_
+            if shift <= 0:
+                raise MethodError(f"arnoldi: the residual directions' eigenvalue + lambda is {shift:.3g} <= 0 "
+                                  f"(lambda={self.lam_}); set influence.damping > 0 (or \"auto\"), residual = "
+                                  "\"gradient\" or residual = \"drop\"")
+            self.residual_inv_ = 1.0 / shift
         return self
+
+    def _residual_eigenvalue(self, task: InfluenceTask, hvp: Matvec, p: int) -> float:
+        """mu_r on the complement P = I - U U^T of the kept eigenvectors, from ``residual_probes`` vectors
+        z projected by P: ``"gradient"``: z = seeded training gradients, mu_r = sum z^T H z / sum |z|^2
+        (the curvature the scores' own gradients see there); ``"mean"``: z = Rademacher probes,
+        mu_r = mean z^T H z / (p - k) (E = tr(P H P) / (p - k)). Clamped at 0 (a non-convex
+        complement is treated as flat)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 1)
+        m = self.config.residual_probes
+        if self.config.residual == "gradient":
+            idx = torch.randperm(task.n_train, generator=gen)[:m].to(task.x_train.device)
+            z = gradients64(task, task.x_train[idx], task.y_train[idx])
+        else:
+            z = (torch.randint(0, 2, (m, p), generator=gen) * 2 - 1).to(torch.float64).to(task.x_train.device)
+        u = self.eigenvectors_
+        z = z - (z @ u) @ u.T
+        quad = float((z * hvp(z)).sum())
+        if self.config.residual == "gradient":
+            norm = float((z * z).sum())
+            return max(quad / norm, 0.0) if norm > 0 else 0.0
+        return max(quad / len(z) / (p - u.shape[1]), 0.0)
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         task = self._require_fit()
@@ -121,9 +134,11 @@ class ArnoldiInfluence(InfluenceEstimator):
         coef = g @ self.eigenvectors_  # [b, k]
         if not self.keep_residual_:
             return as_model_dtype(task, coef * self.inv_)
-        return as_model_dtype(task, g / self.lam_ + (coef * (self.inv_ - 1.0 / self.lam_)) @ self.eigenvectors_.T)
+        r = self.residual_inv_
+        return as_model_dtype(task, g * r + (coef * (self.inv_ - r)) @ self.eigenvectors_.T)
 
     def fit_info(self) -> dict[str, Any]:
         ev = self.eigenvalues_
         return {"damping": self.lam_, "rank": int(ev.numel()), "eigenvalue_max": float(ev.max()),
-                "eigenvalue_min_kept": float(ev.min())}
+                "eigenvalue_min_kept": float(ev.min()), "residual": self.config.residual,
+                "residual_eigenvalue": self.residual_eigenvalue_ if self.keep_residual_ else None}

@@ -33,16 +33,23 @@ from precompute.influence.registry import register as _register
 from precompute.params import ParamSpace
 from precompute.training import Checkpoint
 
-#: ``damping = "auto"`` means lambda = AUTO_DAMPING_SCALE * tr(H) / p (the mean eigenvalue of H),
-#: tr(H) estimated by Hutchinson with AUTO_DAMPING_PROBES seeded Rademacher probes (kronfluence's rule).
+#: ``damping = "auto"`` on the Hessian scale: lambda = max(AUTO_DAMPING_SCALE * tr(H) / p,
+#: AUTO_DAMPING_NEGATIVE_MARGIN * |most negative eigenvalue of H|): a tenth of the mean eigenvalue
+#: (kronfluence's rule; tr(H) by Hutchinson with AUTO_DAMPING_PROBES seeded Rademacher probes), raised
+#: on a non-convex model to twice the most negative eigenvalue (AUTO_DAMPING_LANCZOS Lanczos steps), so
+#: H + lambda I is positive definite with a margin. Per-layer methods apply the first part per layer.
 AUTO_DAMPING_SCALE = 0.1
 AUTO_DAMPING_PROBES = 32
+AUTO_DAMPING_LANCZOS = 60
+AUTO_DAMPING_NEGATIVE_MARGIN = 2.0
 
 
 #: what a method's ``damping`` lambda is added to, and so the scale "auto" and a damping sweep refer to
 DAMPING_SCALES = {
     "hessian": "the Hessian of the training objective, or a curvature approximating it (K-FAC/EK-FAC "
-               "factors, DataInf's per-layer gradient second moments); \"auto\" = 0.1 x its mean eigenvalue",
+               "factors, DataInf's per-layer gradient second moments); \"auto\" = max(0.1 x its mean eigenvalue, "
+               "2 x |its most negative eigenvalue|), or per layer 0.1 x that layer's mean eigenvalue for the "
+               "block-diagonal K-FAC/EK-FAC/DataInf",
     "trak-kernel": "TRAK's projected-gradient Gram matrix Phi^T Phi / n; \"auto\" = 0.1 x its mean eigenvalue",
 }
 
@@ -58,6 +65,8 @@ class Capabilities:
     ``exact_spearman``: the mean per-test-point Spearman with ``exact`` its tests require on the tiny
     float64 MLP (None: it estimates another quantity, so it is not compared with ``exact``).
     ``exact_rtol``: relative tolerance to ``exact`` scores for methods that converge to it (None: not one).
+    ``needs_evaluation``: fitted to the retrained subsets of an ``evaluate`` cache, so it scores only that
+    run's test points and has no self-influence (datamodels).
     """
 
     damping: str | None = None
@@ -67,6 +76,7 @@ class Capabilities:
     max_params: int | None = None
     exact_spearman: float | None = None
     exact_rtol: float | None = None
+    needs_evaluation: bool = False
 
     def __post_init__(self) -> None:
         if self.damping is not None and self.damping not in DAMPING_SCALES:
@@ -114,6 +124,8 @@ class InfluenceTask:
     #: a fitted ``precompute.compression.GradientCompressor``: methods that declare
     #: ``capabilities.compressed_store`` then work on compressed gradients (:meth:`features`)
     compressor: Any = None
+    #: the built-in trainer's recorded run (``precompute.training.Trajectory``), or None
+    trajectory: Any = None
 
     @property
     def n_train(self) -> int:
@@ -164,9 +176,13 @@ class InfluenceEstimator(ABC):
             raise ConfigError(f"influence.options.{self.name}: {exc}") from None
         self.task: InfluenceTask | None = None
 
+    def raw_damping(self, task: InfluenceTask) -> float | str:
+        """The method's own ``damping`` or else the run's, unresolved (a number or ``"auto"``)."""
+        return task.damping if self.config.damping is None else self.config.damping
+
     def damping_for(self, task: InfluenceTask) -> float:
         """The resolved lambda: the method's own ``damping`` or else the run's; ``"auto"`` -> a number."""
-        raw = task.damping if self.config.damping is None else self.config.damping
+        raw = self.raw_damping(task)
         return auto_damping(task) if raw == "auto" else float(raw)
 
     def fit(self, task: InfluenceTask) -> InfluenceEstimator:
@@ -202,28 +218,41 @@ class InfluenceEstimator(ABC):
 
 
 def auto_damping(task: InfluenceTask) -> float:
-    """``0.1 * tr(H) / p``: a tenth of the mean eigenvalue of the Hessian H of the training objective.
+    """``max(0.1 * tr(H) / p, 2 * |lambda_min(H)|)``, H the Hessian of the training objective.
 
-    tr(H) is estimated by Hutchinson, ``mean_k z_k^T H z_k`` over 32 seeded Rademacher probes (one
-    batched HVP pass over the training set), computed once per task and cached on it, so every method
-    of a run that resolves ``"auto"`` gets the same lambda. Always > 0 when weight decay is > 0.
+    ``0.1 * tr(H) / p`` is a tenth of the mean eigenvalue (tr(H) by Hutchinson, ``mean_k z_k^T H z_k``
+    over 32 seeded Rademacher probes: one batched HVP pass). On a non-convex model H has negative
+    eigenvalues and that lambda can leave ``H + lambda I`` indefinite (exact/CG then fail, Arnoldi and
+    LiSSA degrade); the smallest Ritz value of 60 Lanczos steps (converged on the digits MLP to 2%)
+    then sets lambda = 2 x its magnitude, where the measured LDS optimum of exact sits (just above
+    -lambda_min; docs/methods.md). Computed once per task and cached on it (``task._auto_damping_info``
+    keeps the parts), so every method of a run that resolves ``"auto"`` gets the same lambda.
     """
     cached = getattr(task, "_auto_damping", None)
     if cached is not None:
         return cached
     from precompute.hessian import create_hvp_function  # late: keeps this module light
+    from precompute.influence._spectrum import arnoldi_eigs
 
     p = task.space.size
     dtype = next(task.model.parameters()).dtype
     gen = torch.Generator().manual_seed(0)
-    z = (torch.randint(0, 2, (AUTO_DAMPING_PROBES, p), generator=gen) * 2 - 1).to(dtype)
+    z = (torch.randint(0, 2, (AUTO_DAMPING_PROBES, p), generator=gen) * 2 - 1).to(torch.float64)
     z = z.to(task.x_train.device)
-    hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
-                              task.batch_size, loss_fn=task.loss_fn)
+    model_hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
+                                    task.batch_size, loss_fn=task.loss_fn)
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:  # float64 in and out, the HVP in the model's dtype
+        return model_hvp(v.to(dtype)).to(torch.float64)
+
     trace = float((z * hvp(z)).sum(dim=1).mean())
-    value = AUTO_DAMPING_SCALE * trace / p
+    lowest = float(arnoldi_eigs(hvp, p, AUTO_DAMPING_LANCZOS, 0, task.x_train.device)[0].min())
+    from_mean = AUTO_DAMPING_SCALE * trace / p
+    value = max(from_mean, AUTO_DAMPING_NEGATIVE_MARGIN * -lowest)
     if not value > 0:
         raise MethodError(f"influence.damping = \"auto\": estimated mean Hessian eigenvalue is {trace / p:.3g} "
                           "(not > 0); set influence.damping to an explicit number > 0")
     task._auto_damping = value  # type: ignore[attr-defined]
+    task._auto_damping_info = {"mean_eigenvalue": trace / p, "lowest_ritz_value": lowest,  # type: ignore[attr-defined]
+                               "from_mean": from_mean, "lambda": value}
     return value

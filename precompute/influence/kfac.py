@@ -10,14 +10,25 @@ import torch
 from precompute.errors import ConfigError
 from precompute.influence._common import layer_scores
 from precompute.influence._kron import KronLayer, capture, find_layers
-from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+from precompute.influence._kron_projected import ProjectedKron, kron_compressor, projected_mode
+from precompute.influence.base import (
+    AUTO_DAMPING_SCALE,
+    Capabilities,
+    InfluenceEstimator,
+    InfluenceTask,
+    MethodConfig,
+)
 
-FISHERS = ("sampled", "ggn", "empirical")
+FISHERS = ("auto", "sampled", "ggn", "empirical")
+#: ``fisher = "auto"``: the exact GGN when the model has at most this many outputs (C backward passes per
+#: batch are then cheap and remove the label-sampling noise), else the one-backward sampled estimate
+GGN_MAX_CLASSES = 16
 
 
 @dataclass
 class KFACConfig(MethodConfig):
-    """``fisher``: ``"sampled"`` (labels drawn from the model's predictive distribution: an unbiased
+    """``fisher``: ``"auto"`` (the default: ``"ggn"`` for at most GGN_MAX_CLASSES = 16 classes, else
+    ``"sampled"``), ``"sampled"`` (labels drawn from the model's predictive distribution: an unbiased
     estimate of the GGN / true Fisher with 1 backward pass per batch), ``"ggn"`` (the exact expectation
     over all C classes, C backward passes) or ``"empirical"`` (the true labels, 1 backward pass);
     ``seed``: the label draws of ``"sampled"``; ``batch_size``: training samples per factor-fitting
@@ -25,7 +36,7 @@ class KFACConfig(MethodConfig):
     gradients in memory up to this size and refits the eigenvalues from them instead of a second
     pass over the data (0 = always recompute)."""
 
-    fisher: str = "sampled"
+    fisher: str = "auto"
     seed: int = 0
     batch_size: int | None = None
     replay_mb: int = 512
@@ -71,12 +82,41 @@ class _KroneckerEstimator(InfluenceEstimator):
     """Shared fit and preconditioning of K-FAC and EK-FAC (block-diagonal over layers)."""
 
     config_class = KFACConfig
-    capabilities = Capabilities(damping="hessian", per_layer=True, exact_spearman=0.7)
+    capabilities = Capabilities(damping="hessian", per_layer=True, compressed_store=True, exact_spearman=0.7)
     refit_eigenvalues: ClassVar[bool] = False
+
+    def damping_for(self, task: InfluenceTask) -> float:
+        """A number as is; ``"auto"`` is per layer (:meth:`layer_dampings`): the mean of the fitted layers'
+        lambdas is returned for the record (NaN before ``fit``)."""
+        raw = self.raw_damping(task)
+        if raw != "auto":
+            return float(raw)
+        lams = getattr(self, "lams_", None)
+        return float(sum(lams) / len(lams)) if lams else float("nan")
+
+    def layer_dampings(self, task: InfluenceTask) -> list[float]:
+        """lambda per layer: ``"auto"`` = AUTO_DAMPING_SCALE (0.1) x the mean of that layer's own eigenvalue
+        grid ``eig`` (K-FAC: outer(ls, la); EK-FAC: the refitted eigenvalues), kronfluence's heuristic, so
+        each block is damped on its own scale; a number is used for every layer."""
+        raw = self.raw_damping(task)
+        if raw != "auto":
+            return [float(raw)] * len(self.factors_)
+        return [AUTO_DAMPING_SCALE * float(f.eig.mean()) for f in self.factors_]
+
+    def _resolve_fisher(self, task: InfluenceTask) -> str:
+        """``"auto"`` -> ``"ggn"`` for at most GGN_MAX_CLASSES model outputs, else ``"sampled"`` (measured:
+        the exact GGN gives a higher LDS on the digits samples; docs/methods.md)."""
+        if self.config.fisher != "auto":
+            return self.config.fisher
+        with torch.no_grad():
+            n_classes = task.model(task.x_train[:1]).shape[1]
+        return "ggn" if n_classes <= GGN_MAX_CLASSES else "sampled"
 
     def fit(self, task: InfluenceTask) -> _KroneckerEstimator:
         super().fit(task)
-        self.lam_ = self.damping_for(task)
+        self.projected_ = None
+        if projected_mode(task):
+            return self._fit_projected(task)
         layers = find_layers(task, self.name)
         bs = self.config.batch_size or task.batch_size
         n = task.n_train
@@ -102,7 +142,8 @@ class _KroneckerEstimator(InfluenceEstimator):
                     positions[k] += a.shape[0] * a.shape[1]
                 s_sum[k] += torch.einsum("blo,blq->oq", g, g).to(torch.float64)
 
-        capture(task, layers, self.config.fisher, bs, accumulate, self.config.seed)
+        self.fisher_ = self._resolve_fisher(task)
+        capture(task, layers, self.fisher_, bs, accumulate, self.config.seed)
         self.factors_: list[KronFactors] = []
         for k, lay in enumerate(layers):
             A, S = a_sum[k] / positions[k], s_sum[k] / n  # A: mean over samples and positions; S: sum over positions
@@ -113,6 +154,8 @@ class _KroneckerEstimator(InfluenceEstimator):
         self.replayed_ = replay is not None
         if self.refit_eigenvalues:
             self._refit(task, layers, bs, replay)
+        self.lams_ = self.layer_dampings(task)
+        self.lam_ = self.damping_for(task)
         return self
 
     def _refit(self, task: InfluenceTask, layers: list[KronLayer], bs: int,
@@ -135,36 +178,69 @@ class _KroneckerEstimator(InfluenceEstimator):
             for acts, grads, first in replay:
                 accumulate(acts, grads, first)
         else:
-            capture(task, layers, self.config.fisher, bs, accumulate, self.config.seed)
+            capture(task, layers, self.fisher_, bs, accumulate, self.config.seed)
         for f, d in zip(self.factors_, diag, strict=True):
             f.eig = d / task.n_train
 
+    def _fit_projected(self, task: InfluenceTask) -> _KroneckerEstimator:
+        """The run compresses gradients (n x p does not fit): factors in the compressed per-layer space
+        (:mod:`precompute.influence._kron_projected`); ``fisher = "auto"`` is the sampled Fisher there
+        (the GGN would cost one compressed-gradient pass per class)."""
+        raw = self.raw_damping(task)
+        self.fisher_ = "sampled" if self.config.fisher == "auto" else self.config.fisher
+        self.compressor_ = kron_compressor(task)
+        bs = self.config.batch_size or task.batch_size
+        self.projected_ = ProjectedKron(self.compressor_).fit(
+            task, self.fisher_, self.config.seed, bs, self.refit_eigenvalues,
+            None if raw == "auto" else float(raw), task.weight_decay)
+        self.lams_ = [b.shift - task.weight_decay for b in self.projected_.blocks]
+        self.lam_ = self.damping_for(task)
+        self.factors_ = []
+        return self
+
     def precondition(self, g: torch.Tensor) -> torch.Tensor:
-        """``[b, p] -> [b, p]``: per layer, Q (diag(eig) + (weight_decay + lambda) I)^-1 Q^T g, Q = Q_A (x) Q_S.
+        """``[b, p] -> [b, p]``: per layer l, Q (diag(eig) + (weight_decay + lambda_l) I)^-1 Q^T g, Q = Q_A (x) Q_S.
 
         Runs in ``g``'s dtype (the factors are kept in float64 and cast once per dtype)."""
         task = self._require_fit()
         out = torch.empty_like(g)
-        shift = task.weight_decay + self.lam_
-        for f in self.factors_:
+        for f, lam in zip(self.factors_, self.lams_, strict=True):
             qs, qa, eig = f.rotation(g.dtype)
-            rot = qs.T @ f.layer.to_matrix(g) @ qa / (eig + shift)
+            rot = qs.T @ f.layer.to_matrix(g) @ qa / (eig + (task.weight_decay + lam))
             f.layer.put_matrix(qs @ rot @ qa.T, out)
         return out
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().gradients(x, y)
+        task = self._require_fit()
+        if self.projected_ is not None:  # compressed per-sample gradients [b, k]
+            return self.compressor_.compress(task.model, x, y, loss_fn=task.loss_fn)
+        return task.gradients(x, y)
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.projected_ is not None:
+            return self.projected_.precondition(self.train_factors(x, y))
         return self.precondition(self._require_fit().gradients(x, y))
+
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """g_i^T P g_i from the stored train factors (the query side is the same gradient, preconditioned)."""
+        t = self.train_factors(x, y) if train is None else train
+        q = self.projected_.precondition(t) if self.projected_ is not None else self.precondition(t)
+        return (q * t).sum(dim=1)
 
     def layer_scores(self, query: torch.Tensor, train: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{layer: [b_test, b_train]}``; they sum to ``scores(query, train)``."""
         return layer_scores(self._require_fit().space.layer_slices(), query, train)
 
     def fit_info(self) -> dict[str, Any]:
+        if self.projected_ is not None:
+            info = self.projected_.info()
+            del info["layer_shift"]  # weight decay + lambda; the lambdas alone are recorded below
+            return {"damping": self.lam_, "layer_damping": dict(zip(info["layers"], self.lams_, strict=True)),
+                    "fisher": self.fisher_, "passes": 2 if self.refit_eigenvalues else 1, **info}
         passes = 2 if self.refit_eigenvalues and not self.replayed_ else 1
-        return {"damping": self.lam_, "fisher": self.config.fisher, "passes": passes,
+        return {"damping": self.lam_, "layer_damping": dict(zip((f.layer.name for f in self.factors_), self.lams_,
+                                                                strict=True)),
+                "fisher": self.fisher_, "passes": passes,
                 "layers": [f.layer.name for f in self.factors_],
                 "eigenvalue_max": max(float(f.eig.max()) for f in self.factors_),
                 "eigenvalue_mean": float(torch.cat([f.eig.flatten() for f in self.factors_]).mean())}

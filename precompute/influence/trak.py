@@ -29,6 +29,10 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return z_y - torch.logsumexp(others, dim=1)
 
 
+#: above this many entries (p x proj_dim) TRAK projects per layer instead of with a dense [p, k] Gaussian
+DENSE_PROJECTION_MAX = 2**26
+
+
 @dataclass
 class TRAKConfig(MethodConfig):
     """``proj_dim``: k of the Gaussian random projection (no projection when p <= k); ``checkpoints``:
@@ -93,8 +97,17 @@ class TRAK(InfluenceEstimator):
         p, k = task.space.size, self.config.proj_dim
         self.projections_: list[torch.Tensor | None] = []
         self.kernels_: list[torch.Tensor] = []
+        self.compressor_ = task.compressor
+        if self.compressor_ is None and p > k and p * k > DENSE_PROJECTION_MAX:
+            # a dense [p, k] Gaussian would not fit (and [b, p] gradients would be formed): project
+            # per layer instead, LoGra-style (a structured Johnson-Lindenstrauss map, seeded)
+            from precompute.compression import CompressionConfig, GradientCompressor
+
+            self.compressor_ = GradientCompressor.create(
+                CompressionConfig(kind="factored", dim=k, seed=self.config.seed), task.model, task.space,
+                task.x_train[:2])
         for j in range(len(self.models_)):
-            if task.compressor is not None or p <= k:
+            if self.compressor_ is not None or p <= k:
                 self.projections_.append(None)  # the run's compressor (or nothing) projects
             else:
                 gen = torch.Generator().manual_seed(self.config.seed + j)
@@ -117,9 +130,9 @@ class TRAK(InfluenceEstimator):
     def _phi(self, j: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Projected margin gradients of model j, ``[b, k]``."""
         task = self._require_fit()
-        if task.compressor is not None:  # compressed margin gradients, never [b, p] for big layers
+        if self.compressor_ is not None:  # compressed margin gradients, never [b, p] for big layers
             params = {n: v for n, v in self.models_[j].named_parameters() if n in task.space.names}
-            return task.features(x, y, params=params, loss_fn=margin).to(torch.float64)
+            return self.compressor_.compress(task.model, x, y, loss_fn=margin, params=params).to(torch.float64)
         g = per_sample_gradients(self.models_[j], x, y, task.space, task.batch_size, loss_fn=margin)
         proj = self.projections_[j]  # in the model's dtype: the projection is the costly matmul
         return (g if proj is None else g @ proj).to(torch.float64)
@@ -138,7 +151,7 @@ class TRAK(InfluenceEstimator):
         return as_model_dtype(self._require_fit(), q)
 
     def fit_info(self) -> dict[str, Any]:
-        task = self._require_fit()
-        proj = (f"compressor k={task.compressor.dim}" if task.compressor is not None
+        self._require_fit()
+        proj = (f"compressor k={self.compressor_.dim}" if self.compressor_ is not None
                 else None if self.projections_[0] is None else self.config.proj_dim)
         return {"damping": self.lams_, "n_models": len(self.models_), "proj_dim": proj}
