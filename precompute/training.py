@@ -36,9 +36,36 @@ class Checkpoint:
 
 
 @dataclass
+class Trajectory:
+    """What the built-in minibatch trainer did, enough to replay it step by step (data value embedding).
+
+    ``initial_state``: the model's state before the first step; per step ``batches[k]`` (training
+    indices, int64 ``[b_k]``) and ``lrs[k]`` (the learning rate of that step). ``optimizer`` is ``"sgd"``
+    (``momentum``, PyTorch semantics) or ``"adam"`` (``betas``, ``eps``, no decoupled weight decay); the
+    L2 term ``weight_decay / 2 ||theta||^2`` is part of every step's objective. Costs one index per sample
+    and epoch: recorded only when asked (``train_model(..., record_trajectory=True)``).
+    """
+
+    optimizer: str
+    initial_state: dict[str, torch.Tensor]
+    weight_decay: float
+    batches: list[torch.Tensor] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    momentum: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def steps(self) -> int:
+        return len(self.batches)
+
+
+@dataclass
 class TrainResult:
     checkpoints: list[Checkpoint]
     history: list[dict[str, float]] = field(default_factory=list)
+    #: the step-by-step record (``record_trajectory=True`` with sgd/adam), else None
+    trajectory: Trajectory | None = None
 
 
 def l2_penalty(model: nn.Module, weight_decay: float) -> torch.Tensor:
@@ -93,8 +120,13 @@ def train_model(
     y_val: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     init_seed: int | None = None,
+    record_trajectory: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place from a seeded initialisation; return checkpoints and per-epoch metrics."""
+    """Train ``model`` in place from a seeded initialisation; return checkpoints and per-epoch metrics.
+
+    ``record_trajectory``: also return the :class:`Trajectory` (batches and learning rates per step) of an
+    ``sgd``/``adam`` run (full-batch ``lbfgs`` has none); training itself is unchanged.
+    """
     torch.manual_seed(cfg.seed if init_seed is None else init_seed)
     for m in model.modules():
         if hasattr(m, "reset_parameters") and m is not model:
@@ -112,6 +144,13 @@ def train_model(
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     snap_at = set(checkpoint_epochs(cfg.epochs, cfg.checkpoints))
     result = TrainResult(checkpoints=[])
+    if record_trajectory and cfg.optimizer in ("sgd", "adam"):
+        group = opt.param_groups[0]
+        result.trajectory = Trajectory(
+            optimizer=cfg.optimizer, weight_decay=cfg.weight_decay,
+            initial_state={k: v.detach().clone() for k, v in model.state_dict().items()},
+            momentum=float(group.get("momentum", 0.0)), betas=tuple(group.get("betas", (0.9, 0.999))),
+            eps=float(group.get("eps", 1e-8)))
     n = len(x)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -131,6 +170,9 @@ def train_model(
             batches = [perm[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
             for idx, xb in zip(batches, iter_rows(x, batches), strict=True):
                 idx = idx.to(y.device)
+                if result.trajectory is not None:
+                    result.trajectory.batches.append(idx.detach().to("cpu", torch.int64).clone())
+                    result.trajectory.lrs.append(float(opt.param_groups[0]["lr"]))
                 opt.zero_grad()
                 objective(model, xb, y[idx], cfg.weight_decay).backward()
                 opt.step()

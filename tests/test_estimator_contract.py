@@ -7,6 +7,10 @@ as one file under precompute/influence/ is covered here without editing this fil
 - approximations of ``exact`` agree with it within the tolerance the method declares;
 - declared capabilities are honest: damping changes the scores iff declared; a method that needs
   checkpoints refuses a run without them, and one that does not works without them.
+
+Methods that declare ``needs_evaluation`` (datamodels: fitted to an ``evaluate`` cache, scoring only
+that run's test points) cannot be fitted on the tiny task: here they must refuse it with a one-line
+error; their properties (sign, recovery, held-out fit) are tested in tests/test_seed_methods.py.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from precompute.influence.runner import (
     compute_train_factors,
 )
 
-METHODS = available_methods()
+ALL_METHODS = available_methods()
+#: the methods the tiny-task contract below applies to
+METHODS = [m for m in ALL_METHODS if not estimator_class(m).capabilities.needs_evaluation]
+EVALUATION_FITTED = [m for m in ALL_METHODS if m not in METHODS]
 APPROXIMATIONS = [m for m in METHODS if estimator_class(m).capabilities.exact_spearman is not None
                   or estimator_class(m).capabilities.exact_rtol is not None]
 
@@ -57,7 +64,7 @@ def scores_of(method: str, task: InfluenceTask, xs, ys, options: dict | None = N
 
 def test_the_registry_finds_every_method_module():
     assert len(METHODS) >= 12 and {"exact", "graddot", "tracin", "ekfac", "trak"} <= set(METHODS)
-    for m in METHODS:
+    for m in ALL_METHODS:
         cls = estimator_class(m)
         assert cls.name == m and cls.summary and cls.__doc__, m
         assert get_estimator(m, quick(m)).config.to_dict()["damping"] is None  # the run's damping by default
@@ -129,3 +136,12 @@ def test_declared_checkpoint_need(mlp, method):
             scores_of(method, bare, xs, ys)
     else:
         assert np.isfinite(scores_of(method, bare, xs, ys)).all()
+
+
+@pytest.mark.parametrize("method", EVALUATION_FITTED)
+def test_evaluation_fitted_methods_refuse_a_task_without_an_evaluate_cache(mlp, method, tmp_path):
+    task, xs, ys = mlp
+    for options in ({}, {"run": str(tmp_path)}):
+        with pytest.raises(MethodError, match=f"{method}: .*(evaluate|precompute)") as err:
+            scores_of(method, task, xs, ys, options)
+        assert "\n" not in str(err.value)

@@ -41,9 +41,9 @@ def tiny_task(arch: str = "mlp", n_train: int = 60, n_test: int = 15, damping: f
     cfg = TrainConfig(optimizer="adam", lr=0.05, epochs=epochs, batch_size=20, weight_decay=weight_decay,
                       seed=seed, checkpoints=3)
     xt, yt, xs, ys = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    result = train_model(model, xt, yt, cfg)
+    result = train_model(model, xt, yt, cfg, record_trajectory=True)
     model.eval()
     space = ParamSpace(model, select_parameters(model))
     task = InfluenceTask(model=model, space=space, x_train=xt, y_train=yt, weight_decay=weight_decay,
-                         damping=damping, checkpoints=result.checkpoints, batch_size=32)
+                         damping=damping, checkpoints=result.checkpoints, batch_size=32, trajectory=result.trajectory)
     return task, xs, ys

@@ -1,0 +1,184 @@
+"""Data value embedding (Wang et al. 2024, "Capturing the Temporal Dependence of Training Data
+Influence"): trajectory-specific leave-one-out along the built-in trainer's recorded run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import functional_call, grad, jvp, vmap
+
+from precompute.errors import ConfigError, MethodError
+from precompute.influence._common import as_model_dtype
+from precompute.influence._rows import RowIndex
+from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+#: up to this many n x p entries, one replay computes every row's embedding and keeps them (memory
+#: bounded: 2^24 float64 = 128 MB); above it each train batch replays the trajectory for its own rows
+CACHE_ELEMENTS = 1 << 24
+#: the replayed trajectory must end within this relative distance of the task's model
+REPLAY_RTOL = 1e-3
+NEEDS = ("data_value_embedding: needs the built-in trainer's recorded trajectory (batches and learning rates "
+         "per step of an sgd/adam run); {why}: train the model with `influence-explorer precompute` "
+         "(train.optimizer = \"sgd\" or \"adam\") with data_value_embedding in influence.methods")
+
+
+@dataclass
+class DataValueEmbeddingConfig(MethodConfig):
+    """``check_replay``: verify that replaying the recorded steps reproduces the task's model (within
+    0.1%). ``damping`` is not used."""
+
+    check_replay: bool = True
+
+    def validate(self) -> DataValueEmbeddingConfig:
+        super().validate()
+        if not isinstance(self.check_replay, bool):
+            raise ConfigError("influence.options.data_value_embedding.check_replay: must be true or false "
+                              f"(got {self.check_replay!r})")
+        return self
+
+
+class DataValueEmbedding(InfluenceEstimator):
+    """score(t, i) = g_t(theta_T) . e_i, e_i = d theta_T / d(-w_i): the first-order change of the final
+    parameters when sample i's term is removed from every step it was in (its data value embedding).
+
+    Along the recorded trajectory (batches B_k, rates eta_k, the objective
+    ``(1/|B_k|) sum_{j in B_k} w_j L(z_j) + wd/2 |theta|^2`` with all w = 1), e_i is propagated exactly
+    to first order through every later step: for plain SGD ``e <- (I - eta_k H_k) e + eta_k g_i / |B_k|``
+    when i is in B_k; momentum and Adam states (m, v) are carried along in the same linearisation
+    (forward-mode AD through the optimizer's update). So the score is the trajectory-specific LOO
+    ``L_t(theta_T^{-i}) - L_t(theta_T)`` to first order (positive = proponent: removing i raises t's loss),
+    capturing *when* a sample was seen: early samples' effects are damped by later steps.
+
+    Cost: a replay of the T recorded steps per train batch of b rows, each step a Hessian-vector product
+    of the step's batch for b tangents: O(T |B| b p) per batch, O(T |B| n p) in all (T = all steps of
+    the run); memory O(b p) (when n p <= 2^24 one replay serves every row and keeps them, O(n p)). Needs the trajectory (built-in trainer, sgd/adam); the L2 term and the
+    loss must be the task's. Use it to see how training order shaped influence, on small-to-mid models.
+    """
+
+    name = "data_value_embedding"
+    config_class = DataValueEmbeddingConfig
+    capabilities = Capabilities()
+    summary = "data value embedding: trajectory-specific leave-one-out along the recorded SGD/Adam run"
+    quick_options: dict[str, Any] = {}  # exact by construction: nothing to make cheaper on tiny models
+
+    def fit(self, task: InfluenceTask) -> DataValueEmbedding:
+        tr = task.trajectory
+        if tr is None:
+            raise MethodError(NEEDS.format(why="this model has none (a user checkpoint, an in-memory model, an lbfgs "
+                                               "run, or a run built without this method: evaluate reads its scores "
+                                               "from the run)"))
+        if tr.optimizer not in ("sgd", "adam"):
+            raise MethodError(NEEDS.format(why=f"the run's optimizer is {tr.optimizer!r}"))
+        super().fit(task)
+        self.names_ = [n for n, p in task.model.named_parameters() if p.requires_grad]
+        missing = [n for n in task.space.names if n not in self.names_]
+        if missing:
+            raise MethodError(f"data_value_embedding: parameters {missing} were not trained")
+        dev = task.x_train.device
+        dtype = next(task.model.parameters()).dtype
+        shapes = dict(task.model.named_parameters())
+        self.shapes_ = [tuple(shapes[n].shape) for n in self.names_]
+        self.numels_ = [shapes[n].numel() for n in self.names_]
+        self.theta0_ = torch.cat([tr.initial_state[n].to(device=dev, dtype=dtype).reshape(-1) for n in self.names_])
+        self.buffers_ = {n: b.detach() for n, b in task.model.named_buffers()}
+        self.rows_ = RowIndex(task.x_train, task.y_train, "data_value_embedding")
+        self.replay_error_ = None
+        self.all_: torch.Tensor | None = None
+        if self.config.check_replay:
+            final = self._run(None)[0]
+            ref = task.space.flatten(task.space.params(task.model))
+            got = task.space.flatten({n: final[n] for n in task.space.names})
+            self.replay_error_ = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+            if not self.replay_error_ <= REPLAY_RTOL:
+                raise MethodError(f"data_value_embedding: replaying the recorded trajectory does not reproduce this "
+                                  f"model (relative distance {self.replay_error_:.2g}); the model is not the end of "
+                                  "its recorded run")
+        return self
+
+    # ------------------------------------------------------------------ the replayed step
+    def _unflat(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.view(shape) for n, t, shape in zip(self.names_, flat.split(self.numels_), self.shapes_,
+                                                        strict=True)}
+
+    def _objective(self, theta: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The step's objective at the flat parameters ``theta [P]`` with sample weights ``w [|B|]``."""
+        task = self._require_fit()
+        per = task.loss_fn(functional_call(task.model, {**self.buffers_, **self._unflat(theta)}, (xb,)), yb)
+        return (w * per).sum() / len(yb) + 0.5 * task.trajectory.weight_decay * (theta * theta).sum()
+
+    def _step(self, k: int, xb: torch.Tensor, yb: torch.Tensor):
+        """The update of step k as a function ``(theta, m, v, w) -> (theta, m, v)`` (PyTorch semantics)."""
+        tr = self._require_fit().trajectory
+        lr = tr.lrs[k]
+
+        def step(theta, m, v, w):
+            g = grad(self._objective)(theta, xb, yb, w)
+            if tr.optimizer == "sgd":
+                m2 = tr.momentum * m + g
+                return theta - lr * m2, m2, v
+            b1, b2 = tr.betas
+            t = k + 1
+            m2 = b1 * m + (1 - b1) * g
+            v2 = b2 * v + (1 - b2) * g * g
+            bc1, bc2 = 1 - b1 ** t, (1 - b2 ** t) ** 0.5
+            root = (v2 + torch.finfo(g.dtype).tiny).sqrt()  # finite derivative at v = 0; below eps anyway
+            return theta - (lr / bc1) * m2 / (root / bc2 + tr.eps), m2, v2
+
+        return step
+
+    def _run(self, tracked: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Replay the trajectory; with ``tracked`` (training indices ``[b]``) also propagate their
+        tangents. Returns (final theta, d theta_T / d(-w) ``{name: [b, *shape]}`` or None)."""
+        task = self._require_fit()
+        tr = task.trajectory
+        theta = self.theta0_.clone()
+        m, v = torch.zeros_like(theta), torch.zeros_like(theta)
+        tan = None
+        if tracked is not None:
+            tan = tuple(torch.zeros((len(tracked), len(theta)), dtype=theta.dtype, device=theta.device)
+                        for _ in range(3))
+            tracked = tracked.to(task.y_train.device)
+        for k, idx in enumerate(tr.batches):
+            idx = idx.to(task.y_train.device)
+            xb, yb = task.x_train[idx], task.y_train[idx]
+            w = torch.ones(len(idx), dtype=theta.dtype, device=xb.device)
+            step = self._step(k, xb, yb)
+            if tan is not None:
+                primals = (theta, m, v, w)
+                dw = -(tracked[:, None] == idx[None, :]).to(w.dtype)  # [b, |B_k|]: removing the tracked rows
+                tan = tuple(t.detach() for t in vmap(
+                    lambda a, b_, c, d, primals=primals, step=step: jvp(step, primals, (a, b_, c, d))[1])(*tan, dw))
+            theta, m, v = (t.detach() for t in step(theta, m, v, w))
+        return self._unflat(theta), (None if tan is None else self._unflat_rows(tan[0]))
+
+    def _unflat_rows(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: t.reshape(len(rows), *shape) for n, t, shape in
+                zip(self.names_, rows.split(self.numels_, dim=1), self.shapes_, strict=True)}
+
+    # ------------------------------------------------------------------ factors
+    def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Data value embeddings ``[b, p]`` (the change of the final parameters on removal)."""
+        task = self._require_fit()
+        if len(x) == 0:
+            return torch.zeros((0, task.space.size), dtype=next(task.model.parameters()).dtype)
+        idx = self.rows_(x, y)
+        if task.n_train * task.space.size <= CACHE_ELEMENTS:  # small: one replay for every row, kept
+            if self.all_ is None:
+                self.all_ = self._embeddings(torch.arange(task.n_train))
+            return self.all_[idx.to(self.all_.device)]
+        return self._embeddings(idx)
+
+    def _embeddings(self, idx: torch.Tensor) -> torch.Tensor:
+        task = self._require_fit()
+        _, emb = self._run(idx)
+        assert emb is not None
+        return as_model_dtype(task, task.space.flatten({n: emb[n] for n in task.space.names}, batch_dims=1))
+
+    def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self._require_fit().gradients(x, y)
+
+    def fit_info(self) -> dict[str, Any]:
+        tr = self._require_fit().trajectory
+        return {"steps": tr.steps, "optimizer": tr.optimizer, "replay_relative_error": self.replay_error_}
