@@ -14,8 +14,9 @@ Layout (written by :mod:`precompute.mislabels`)::
     <run>/mislabels/proponent_scores.npy      samples (last-layer gradient dot product, best first)
     <run>/mislabels/opponents.npy      int32 [n_train, k] strongest opponents (most negative first)
     <run>/mislabels/opponent_scores.npy
-    manifest.json: "mislabels"         methods, descriptions, settings, timings and (when the run
-                                       injected label noise) ROC-AUC and found@5/10/20/30% per method
+    manifest.json: "mislabels"         methods, descriptions, default_method (= ranking_default) and
+                                       ranking_reason, settings, timings and (when the run injected
+                                       label noise) ROC-AUC and found@5/10/20/30% per method
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def describe_method(method: str) -> str:
         "loss": "training loss of the given label under the run's model",
         "cleanlab": "confident learning (cleanlab): 1 - label quality of the given label under "
                     "out-of-fold predicted probabilities",
+        "ensemble": "mean rank of tracin_self, class_influence and neighbour_disagreement (rank-calibrated "
+                    "ensemble)",
+        "tracin_self": "TracIn self-influence of the classifier head, summed over the training checkpoints: "
+                       "samples whose loss gradient stays large while training are fought by the rest",
+        "class_influence": "how much the sample hurts the (clean) test points of the class it hurts most "
+                           "(head-gradient influence at an early checkpoint)",
+        "neighbour_disagreement": "share of the 20 most similar training samples (penultimate features at an "
+                                  "early checkpoint) whose label differs from the sample's",
+        "margin": "area under the margin: how far another class's logit is above the given label's, "
+                  "averaged over the training checkpoints",
     }.get(method, method)
 
 
@@ -156,6 +167,22 @@ class MislabelData:
     @property
     def default_method(self) -> str:
         return self.info.get("default_method") or self.methods[0]
+
+    @property
+    def ranking_default(self) -> str:
+        """The ranking the review queue opens with (``default_method``; same field, clearer name)."""
+        return self.default_method
+
+    @property
+    def ranking_reason(self) -> str:
+        """One sentence saying why :attr:`ranking_default` is the default (runs made before the field
+        existed: the rule they were made with)."""
+        reason = self.info.get("ranking_reason")
+        if isinstance(reason, str) and reason:
+            return reason
+        if self.detection:
+            return "best found@10% on this run's injected label noise (rule of runs made before ranking_reason)"
+        return "cleanlab, the default without ground truth (rule of runs made before ranking_reason)"
 
     @property
     def detection(self) -> dict[str, dict[str, float]] | None:

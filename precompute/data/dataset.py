@@ -87,8 +87,12 @@ class SplitDataset:
         return memo[key]
 
 
+NOISE_KINDS = ("symmetric", "pairs", "class_conditional")
+
+
 def inject_label_noise(y: np.ndarray, n_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flip ``round(fraction * n)`` labels, chosen at random, each to a uniformly random *other* class.
+    """Symmetric noise: flip ``round(fraction * n)`` labels, chosen at random, each to a uniformly
+    random *other* class.
 
     Returns ``(noisy_labels [n], flipped [n] bool)``; deterministic for a given seed.
     """
@@ -104,6 +108,179 @@ def inject_label_noise(y: np.ndarray, n_classes: int, fraction: float, seed: int
     noisy[idx] = (y[idx] + offsets) % n_classes
     flipped[idx] = True
     return noisy, flipped
+
+
+def _allocate(total: int, weights: np.ndarray) -> np.ndarray:
+    """Integer counts ``[len(weights)]`` summing to ``total``, proportional to ``weights`` (largest remainder)."""
+    w = np.asarray(weights, np.float64)
+    if total == 0 or w.sum() <= 0:
+        return np.zeros(len(w), np.int64)
+    share = total * w / w.sum()
+    counts = np.floor(share).astype(np.int64)
+    rest = total - int(counts.sum())
+    order = np.lexsort((np.arange(len(w)), -(share - counts)))  # largest remainder first, ties by index
+    counts[order[:rest]] += 1
+    return counts
+
+
+def inject_class_conditional_noise(y: np.ndarray, matrix: np.ndarray, fraction: float,
+                                   seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class-conditional noise: in every class ``i`` whose row of ``matrix [C, C]`` has off-diagonal
+    mass, flip exactly ``round(fraction * n_i)`` labels (chosen at random); their new labels are split
+    over the classes ``j != i`` in proportion to ``matrix[i, j]`` (exact counts, largest remainder).
+    The diagonal is ignored. Returns ``(noisy_labels [n], flipped [n] bool)``; deterministic per seed.
+    """
+    q = np.array(matrix, np.float64)
+    np.fill_diagonal(q, 0.0)
+    rng = np.random.default_rng(seed)
+    noisy, flipped = y.copy(), np.zeros(len(y), bool)
+    for c in range(len(q)):
+        if q[c].sum() <= 0:
+            continue
+        members = np.flatnonzero(y == c)
+        m = int(round(fraction * len(members)))
+        if m == 0:
+            continue
+        idx = rng.choice(members, size=m, replace=False)
+        noisy[idx] = rng.permutation(np.repeat(np.arange(len(q)), _allocate(m, q[c])))
+        flipped[idx] = True
+    return noisy, flipped
+
+
+def pairs_matrix(pairs: list[tuple[int, int]], n_classes: int) -> np.ndarray:
+    """The class-conditional matrix of pair noise: ``a -> b`` and ``b -> a`` for each pair."""
+    q = np.zeros((n_classes, n_classes))
+    for a, b in pairs:
+        q[a, b] = q[b, a] = 1.0
+    return q
+
+
+def _row_chunks(x: Any, rows: int = 4096):
+    """``x [n, ...]`` as float64 numpy blocks ``[b, d]`` (an array at once, a lazy source chunk by chunk)."""
+    from precompute.data.source import ArraySource, SampleSource
+
+    if isinstance(x, np.memmap):
+        x = ArraySource(x)
+    if isinstance(x, SampleSource):
+        for s, e in x.chunks():
+            yield x.read_range(s, e).numpy().reshape(e - s, -1).astype(np.float64)
+        return
+    x = np.asarray(x)
+    for s in range(0, len(x), rows):
+        yield x[s:s + rows].reshape(len(x[s:s + rows]), -1).astype(np.float64)
+
+
+def nearest_centroid_confusion(x: Any, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix ``[C, C]`` (row = label, column = prediction) of a nearest-centroid classifier
+    on ``x [n, ...]`` itself: a cheap, deterministic, model-free stand-in for "the model's confusion
+    matrix" before any model is trained. Two passes over the rows, never the data whole."""
+    y = np.asarray(y, np.int64)
+    sums, counts, s = None, np.bincount(y, minlength=n_classes).astype(np.float64), 0
+    for block in _row_chunks(x):
+        if sums is None:
+            sums = np.zeros((n_classes, block.shape[1]))
+        np.add.at(sums, y[s:s + len(block)], block)
+        s += len(block)
+    cent = sums / np.maximum(counts, 1)[:, None]
+    conf, s = np.zeros((n_classes, n_classes), np.int64), 0
+    for block in _row_chunks(x):
+        d = (block ** 2).sum(1, keepdims=True) - 2 * block @ cent.T + (cent ** 2).sum(1)
+        d[:, counts == 0] = np.inf
+        np.add.at(conf, (y[s:s + len(block)], d.argmin(1)), 1)
+        s += len(block)
+    return conf
+
+
+def confusable_pairs(confusion: np.ndarray, n_pairs: int) -> list[tuple[int, int]]:
+    """Up to ``n_pairs`` disjoint class pairs, most confused first (symmetrised counts; ties by index)."""
+    c = np.asarray(confusion, np.float64)
+    sym = c + c.T
+    cand = sorted((-sym[a, b], a, b) for a in range(len(c)) for b in range(a + 1, len(c)))
+    used: set[int] = set()
+    out: list[tuple[int, int]] = []
+    for _neg, a, b in cand:
+        if len(out) >= n_pairs:
+            break
+        if a not in used and b not in used:
+            out.append((a, b))
+            used |= {a, b}
+    return out
+
+
+def confusion_matrix_noise(confusion: np.ndarray) -> np.ndarray:
+    """Class-conditional destinations from a confusion matrix: off-diagonal counts (a class that is
+    never confused sends its flips uniformly to the other classes)."""
+    q = np.asarray(confusion, np.float64).copy()
+    np.fill_diagonal(q, 0.0)
+    empty = q.sum(1) == 0
+    q[empty] = 1.0
+    np.fill_diagonal(q, 0.0)
+    return q
+
+
+def load_noise_matrix(value: Any, n_classes: int) -> np.ndarray:
+    """``data.noise_matrix`` (a list of rows or a ``.npy`` path) as ``[C, C]`` float64, validated."""
+    from pathlib import Path
+
+    where = "data.noise_matrix"
+    if isinstance(value, str):
+        where = f"{value}"
+        try:
+            m = np.load(Path(value), allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{where}: cannot read the noise matrix ({exc}); pass a .npy file of shape "
+                            f"[{n_classes}, {n_classes}]") from None
+    else:
+        m = np.asarray(value, np.float64)
+    if m.shape != (n_classes, n_classes) or not np.issubdtype(m.dtype, np.number):
+        raise DataError(f"{where}: noise matrix must be numeric [{n_classes}, {n_classes}] (one row and column "
+                        f"per class), got shape {list(m.shape)}")
+    m = m.astype(np.float64)
+    if not np.isfinite(m).all() or (m < 0).any():
+        raise DataError(f"{where}: noise matrix entries must be finite and >= 0")
+    return m
+
+
+def apply_label_noise(ds: SplitDataset, cfg: Any) -> SplitDataset:
+    """Inject ``cfg.label_noise`` of the configured ``cfg.noise_kind`` into ``ds`` (a ``DataConfig``).
+
+    * ``symmetric``: ``round(f * n)`` random samples, each to a random other class.
+    * ``pairs``: in each class of ``cfg.noise_pairs`` (or of the ``cfg.noise_n_pairs`` most confused
+      pairs of :func:`nearest_centroid_confusion` on the clean training split), exactly
+      ``round(f * n_class)`` samples flip to the partner class.
+    * ``class_conditional``: :func:`inject_class_conditional_noise` with ``cfg.noise_matrix`` (or the
+      nearest-centroid confusion matrix).
+
+    Sets ``ds.y_train``/``ds.flipped`` and records what was done in ``ds.extra["label_noise"]``.
+    """
+    kind = getattr(cfg, "noise_kind", None) or "symmetric"
+    y, c, f, seed = ds.y_train_original, ds.n_classes, cfg.label_noise, cfg.noise_seed
+    info: dict[str, Any] = {"kind": kind, "fraction": f, "seed": seed}
+    if kind == "symmetric":
+        ds.y_train, ds.flipped = inject_label_noise(y, c, f, seed)
+    elif kind == "pairs":
+        pairs = [tuple(int(v) for v in p) for p in (cfg.noise_pairs or [])]
+        bad = [p for p in pairs if not all(0 <= v < c for v in p)]
+        if bad:
+            raise DataError(f"data.noise_pairs: class {list(bad[0])} out of range; classes are 0..{c - 1}")
+        if not pairs:
+            pairs = confusable_pairs(nearest_centroid_confusion(ds.x_train, y, c), cfg.noise_n_pairs)
+            info["pairs_from"] = "nearest-centroid confusion matrix of the clean training split"
+        info["pairs"] = [list(p) for p in pairs]
+        ds.y_train, ds.flipped = inject_class_conditional_noise(y, pairs_matrix(pairs, c), f, seed)
+    elif kind == "class_conditional":
+        if cfg.noise_matrix is None:
+            m = confusion_matrix_noise(nearest_centroid_confusion(ds.x_train, y, c))
+            info["matrix_from"] = "nearest-centroid confusion matrix of the clean training split"
+        else:
+            m = load_noise_matrix(cfg.noise_matrix, c)
+        info["matrix"] = np.round(m, 6).tolist()
+        ds.y_train, ds.flipped = inject_class_conditional_noise(y, m, f, seed)
+    else:
+        raise DataError(f"data.noise_kind: unknown kind {kind!r}; use one of {list(NOISE_KINDS)}")
+    info["n_flipped"] = int(ds.flipped.sum())
+    ds.extra["label_noise"] = info
+    return ds
 
 
 def read_labels_override(path: str, n_train: int, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:

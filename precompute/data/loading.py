@@ -4,7 +4,7 @@ relabelled. Image folders, npz and factories come back streamed (inputs read by 
 from __future__ import annotations
 
 from precompute.config import DataConfig
-from precompute.data.dataset import SplitDataset, apply_labels_override, inject_label_noise
+from precompute.data.dataset import SplitDataset, apply_label_noise, apply_labels_override
 from precompute.data.digits import load_digits_split
 from precompute.data.image_folder import load_image_folder
 from precompute.data.npy import load_npz
@@ -32,7 +32,7 @@ def load_dataset(cfg: DataConfig) -> SplitDataset:
     else:  # validated earlier; kept for a clear message if called directly
         raise DataError(f"data.source: unknown source {cfg.source!r}")
     if cfg.label_noise > 0:
-        ds.y_train, ds.flipped = inject_label_noise(ds.y_train_original, ds.n_classes, cfg.label_noise, cfg.noise_seed)
+        apply_label_noise(ds, cfg)  # symmetric, pairs or class-conditional (data.noise_kind)
     if cfg.labels_override:
         apply_labels_override(ds, cfg.labels_override)
     return ds

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 DETECTORS = ("isolation_forest", "lof")
@@ -40,7 +42,7 @@ def cleanlab_scores(labels: np.ndarray, oof_probs: np.ndarray) -> tuple[np.ndarr
     probs = np.asarray(oof_probs, np.float64)
     probs = probs / probs.sum(1, keepdims=True)
     quality = get_label_quality_scores(np.asarray(labels), probs)
-    issues = find_label_issues(np.asarray(labels), probs)
+    issues = find_label_issues(np.asarray(labels), probs, n_jobs=1)  # a forked pool can deadlock under torch threads
     return 1.0 - np.asarray(quality, np.float64), np.asarray(issues, bool)
 
 
@@ -70,6 +72,21 @@ def train_topk(grads: np.ndarray, k: int, chunk: int = 1024) -> tuple[np.ndarray
     return out[0], out[1], out[2], out[3]
 
 
+def cosine_neighbours(features: np.ndarray, k: int, chunk: int = 1024
+                      ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """Per row chunk ``(start, stop, sim [rows, n], idx [rows, k'])``: feature-cosine similarities and
+    the ``k' = min(k, n - 1)`` most similar *other* samples (unsorted); never an ``n x n`` matrix."""
+    f = np.asarray(features, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    n = len(f)
+    k = min(k, n - 1)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        sim = f[s:e] @ f.T
+        sim[np.arange(e - s), np.arange(s, e)] = -np.inf
+        yield s, e, sim, np.argpartition(-sim, k - 1, axis=1)[:, :k]
+
+
 def neighbour_vote(features: np.ndarray, labels: np.ndarray, n_classes: int, k: int = 10,
                    chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Label vote of each sample's ``k`` most similar other training samples (feature cosine).
@@ -79,18 +96,12 @@ def neighbour_vote(features: np.ndarray, labels: np.ndarray, n_classes: int, k: 
     suspicion (a vote weighted by it just echoes the given label), ``h_i . h_j`` does not.
     Returns ``(label [n], agreement [n])``: the similarity-weighted majority label and its vote share.
     """
-    f = np.asarray(features, np.float64)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     labels = np.asarray(labels)
-    n = len(f)
-    k = min(k, n - 1)
+    n = len(labels)
     label = np.zeros(n, np.int64)
     share = np.zeros(n, np.float32)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
-        sim = f[s:e] @ f.T
-        sim[np.arange(e - s), np.arange(s, e)] = -np.inf
-        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    for s, e, sim, idx in cosine_neighbours(features, k, chunk):
+        k = idx.shape[1]
         w = np.maximum(np.take_along_axis(sim, idx, 1), 0.0) + 1e-9
         votes = np.zeros((e - s, n_classes))
         np.add.at(votes, (np.repeat(np.arange(e - s), k), labels[idx].ravel()), w.ravel())
