@@ -82,11 +82,25 @@ def card_html(card: Card, image_px: int = 96) -> str:
     return re.sub(r"[\r\n\f\v\u2028\u2029]+", " ", "".join(parts))
 
 
+#: the whole card (thumbnail included) is its button: the button's ``::after`` stretches over the
+#: bordered container (the "stretched link" pattern; ``st.image`` / HTML have no click event)
+CARD_CSS = ("<style>div[class*='st-key-iecard_']{position:relative}"
+            "div[class*='st-key-iecard_'] [data-testid=stElementContainer],"
+            "div[class*='st-key-iecard_'] [data-testid=stButton],"
+            "div[class*='st-key-iecard_'] [data-testid=stButton] button{position:static!important}"
+            "div[class*='st-key-iecard_'] [data-testid=stButton] button::after{content:'';position:absolute;"
+            "inset:0;z-index:1;cursor:pointer}"
+            "div[class*='st-key-iecard_']:hover{box-shadow:0 0 0 2px #2166ac55;border-radius:0.5rem}</style>")
+
+
 def card_grid(cards: Sequence[Card], n_cols: int, on_click: Callable[[int], None], image_px: int = 96) -> None:
-    """Cards in rows of ``n_cols``; clicking a card's button calls ``on_click(card.value)`` before the rerun."""
+    """Cards in rows of ``n_cols``; clicking a card (its thumbnail, text or button) calls
+    ``on_click(card.value)`` before the rerun."""
+    if cards:
+        st.html(CARD_CSS)
     for start in range(0, len(cards), n_cols):
         cols = st.columns(n_cols, gap="small")
         for col, card in zip(cols, cards[start:start + n_cols], strict=False):
-            with col.container(border=True):
+            with col.container(border=True, key=f"iecard_{card.key}"):
                 st.markdown(card_html(card, image_px), unsafe_allow_html=True)
                 st.button(card.button, key=card.key, on_click=on_click, args=(card.value,), width="stretch")

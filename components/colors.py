@@ -37,3 +37,26 @@ def class_colors(n_classes: int) -> list[str]:
 def score_color(score: float) -> str:
     """Proponent blue for a positive score, opponent red for a negative one."""
     return PROPONENT if score >= 0 else OPPONENT
+
+
+def _channel(c: float) -> float:
+    """One sRGB channel (0..1) to linear light (WCAG 2)."""
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def luminance(hex_color: str) -> float:
+    """WCAG relative luminance of ``#rrggbb`` (0 = black, 1 = white)."""
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) / 255 for i in (0, 2, 4))
+    return 0.2126 * _channel(r) + 0.7152 * _channel(g) + 0.0722 * _channel(b)
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG contrast ratio of two ``#rrggbb`` colours (1 to 21; text needs >= 4.5)."""
+    la, lb = sorted((luminance(a), luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def text_color(background: str) -> str:
+    """Black or white: whichever reads better on ``background`` (``#rrggbb``)."""
+    return "#000000" if contrast_ratio(background, "#000000") >= contrast_ratio(background, "#ffffff") else "#ffffff"

@@ -51,14 +51,33 @@ def _layout(fig: go.Figure, height: int) -> go.Figure:
     return fig
 
 
+def rank_scale(scores: np.ndarray) -> np.ndarray:
+    """Signed rank of ``|score|`` in ``[-1, 1]`` (``[n]`` -> ``[n]``): ``sign(s) * rank(|s|) / #nonzero``.
+
+    A linear scale set by the few extreme top-k scores leaves almost every point grey; ranks spread
+    the colours evenly over the samples (zero stays 0, the largest |score| on each side is +-1 or
+    close to it)."""
+    s = np.asarray(scores, dtype=np.float64)
+    a = np.abs(s)
+    nz = a > 0
+    out = np.zeros(len(s), dtype=np.float32)
+    if nz.any():
+        ranks = np.empty(int(nz.sum()), dtype=np.float64)
+        ranks[np.argsort(a[nz], kind="stable")] = np.arange(1, int(nz.sum()) + 1)
+        out[nz] = (np.sign(s[nz]) * ranks / nz.sum()).astype(np.float32)
+    return out
+
+
 def embedding_figure(xy: np.ndarray, labels: np.ndarray, n_train: int, class_names: Sequence[str], *,
-                     scores: np.ndarray | None = None, height: int = 620) -> go.Figure:
+                     scores: np.ndarray | None = None, scale: str = "rank", height: int = 620) -> go.Figure:
     """The big layer of the map: ``xy`` ``[n_train + n_test, 2]``, ``labels`` ``[n_train + n_test]``.
 
     Without ``scores``: one trace per class and split (train circles, test diamonds), class colours.
     With ``scores`` (``[n_train]`` signed influence on one test point): training points on a
-    zero-centred diverging scale (blue = proponent, red = opponent), sized by ``|score|``, drawn
-    most-influential last; test points as faint grey diamonds.
+    zero-centred diverging scale (blue = proponent, red = opponent) of the signed rank of ``|score|``
+    (``scale="rank"``, :func:`rank_scale`; the colour bar is labelled in scores) or of the score
+    itself (``"linear"``), sized by it, drawn most-influential last; test points as faint grey diamonds.
+    The score is the third ``customdata`` column of the training trace (``[n_train, 3]`` float32).
     """
     xy = np.asarray(xy, dtype=np.float32)
     labels = np.asarray(labels)
@@ -82,16 +101,28 @@ def embedding_figure(xy: np.ndarray, labels: np.ndarray, n_train: int, class_nam
         s = np.asarray(scores, dtype=np.float32)
         if s.shape != (n_train,):
             raise ValueError(f"scores must have shape ({n_train},), got {s.shape}")
+        if scale not in ("rank", "linear"):
+            raise ValueError(f"scale must be 'rank' or 'linear', got {scale!r}")
         amax = float(np.abs(s).max()) or 1.0
-        order = np.argsort(np.abs(s), kind="stable")  # biggest last = on top
-        size = 3.0 + 11.0 * np.sqrt(np.abs(s[order]) / amax)
+        color = rank_scale(s) if scale == "rank" else s
+        cmax = 1.0 if scale == "rank" else amax
+        order = np.argsort(np.abs(color), kind="stable")  # biggest last = on top
+        size = 3.0 + 11.0 * np.sqrt(np.abs(color[order]) / cmax)
+        bar = dict(title=dict(text="score<br>+ proponent<br>− opponent"), thickness=12, len=0.6)
+        if scale == "rank":
+            mags = np.abs(s[s != 0])
+            qs = (0.5, 0.9, 1.0)
+            vals = [float(np.quantile(mags, q)) if len(mags) else 0.0 for q in qs]
+            bar.update(tickvals=[-q for q in qs[::-1]] + [0.0] + list(qs),
+                       ticktext=[f"−{x:.2g}" for x in vals[::-1]] + ["0"] + [f"+{x:.2g}" for x in vals],
+                       title=dict(text="score<br>(rank scale)<br>+ proponent<br>− opponent"))
+        cd = np.concatenate([_ids(order, n_train).astype(np.float32), s[order, None]], axis=1)
         fig.add_trace(go.Scattergl(
-            x=xy[order, 0], y=xy[order, 1], mode="markers", customdata=_ids(order, n_train),
+            x=xy[order, 0], y=xy[order, 1], mode="markers", customdata=cd,
             name="train (influence)", showlegend=False, text=None,
-            marker=dict(color=s[order], colorscale=DIVERGING, cmid=0.0, cmin=-amax, cmax=amax, size=size,
-                        opacity=0.85, line=dict(width=0),
-                        colorbar=dict(title=dict(text="score<br>+ proponent<br>− opponent"), thickness=12, len=0.6)),
-            hovertemplate="train #%{customdata[1]}<br>score %{marker.color:.3g}<extra></extra>",
+            marker=dict(color=color[order], colorscale=DIVERGING, cmid=0.0, cmin=-cmax, cmax=cmax, size=size,
+                        opacity=0.85, line=dict(width=0), colorbar=bar),
+            hovertemplate="train #%{customdata[1]}<br>score %{customdata[2]:.3g}<extra></extra>",
         ))
         fig.add_trace(go.Scattergl(
             x=xy[is_test, 0], y=xy[is_test, 1], mode="markers", customdata=_ids(gid[is_test], n_train),
@@ -144,11 +175,32 @@ def overlay_traces(xy: np.ndarray, n_train: int, focus: int | None, proponents: 
     return traces
 
 
-def with_overlay(base: go.Figure, overlay: Sequence[go.BaseTraceType]) -> go.Figure:
-    """A shallow copy of ``base`` (its big traces reused, not re-validated) plus ``overlay``."""
+def with_overlay(base: go.Figure, overlay: Sequence[go.BaseTraceType],
+                 zoom: tuple[float, float, float, float] | None = None) -> go.Figure:
+    """A shallow copy of ``base`` (its big traces reused, not re-validated) plus ``overlay``; ``zoom``
+    (x0, x1, y0, y1) sets the visible area (a new ``uirevision``, so the browser applies it)."""
     fig = go.Figure(layout=base.layout, skip_invalid=True)
     fig.add_traces(list(base.data) + list(overlay))
+    if zoom is not None:
+        x0, x1, y0, y1 = (float(z) for z in zoom)
+        fig.update_layout(uirevision=f"zoom {x0:.4g} {x1:.4g} {y0:.4g} {y1:.4g}")
+        fig.update_xaxes(range=[x0, x1])
+        fig.update_yaxes(range=[y0, y1])
     return fig
+
+
+def zoom_box(xy: np.ndarray, ids: Sequence[int], pad: float = 0.15) -> tuple[float, float, float, float] | None:
+    """The area (x0, x1, y0, y1) around the points ``ids`` (global ids into ``xy`` ``[n, 2]``), grown by
+    ``pad`` of its size on each side (at least a small square); ``None`` without points."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return None
+    pts = np.asarray(xy, dtype=np.float64)[ids]
+    (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+    full = np.ptp(np.asarray(xy, dtype=np.float64), axis=0).max() or 1.0
+    w, h = max(x1 - x0, full * 0.02), max(y1 - y0, full * 0.02)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return (cx - w * (0.5 + pad), cx + w * (0.5 + pad), cy - h * (0.5 + pad), cy + h * (0.5 + pad))
 
 
 def point_id(customdata: Any) -> int | None:
@@ -209,26 +261,3 @@ def probability_figure(probs: np.ndarray, class_names: Sequence[str], true: int,
                       xaxis=dict(type="category", title="class"))
     return fig
 
-
-def method_scatter_figure(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str,
-                          top_a: Sequence[int] = (), top_b: Sequence[int] = (), height: int = 420) -> go.Figure:
-    """Score of every training sample under two methods ``[n_train]`` each; top-k sets highlighted."""
-    a = np.asarray(a, dtype=np.float32)
-    b = np.asarray(b, dtype=np.float32)
-    sa, sb = set(map(int, top_a)), set(map(int, top_b))
-    name_a, name_b = plot_text(name_a), plot_text(name_b)
-    groups = (("both top-k", sorted(sa & sb), "#6a3d9a", 9), (f"{name_a} only", sorted(sa - sb), PROPONENT, 7),
-              (f"{name_b} only", sorted(sb - sa), "#e08214", 7))
-    fig = go.Figure(go.Scattergl(x=a, y=b, mode="markers", name="all training samples",
-                                 marker=dict(color="#9e9e9e", size=3, opacity=0.5),
-                                 hovertemplate="%{x:.3g}, %{y:.3g}<extra></extra>"))
-    for name, ids, color, size in groups:
-        ids_arr = np.asarray(ids, dtype=np.int64)
-        fig.add_trace(go.Scattergl(x=a[ids_arr], y=b[ids_arr], mode="markers", name=name, customdata=ids_arr,
-                                   marker=dict(color=color, size=size, line=dict(color="white", width=1)),
-                                   hovertemplate="train #%{customdata}<extra></extra>"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=10, b=10), plot_bgcolor="white",
-                      xaxis=dict(title=f"{name_a} score", zeroline=True, zerolinecolor="#bbb", gridcolor="#eee"),
-                      yaxis=dict(title=f"{name_b} score", zeroline=True, zerolinecolor="#bbb", gridcolor="#eee"),
-                      legend=dict(orientation="h", y=1.02, yanchor="bottom"))
-    return fig

@@ -44,7 +44,7 @@ def main() -> None:
     st.html("<style>[data-testid=stMainBlockContainer]{padding-top:3rem}</style>")
     declared = page_spec.discover()
     page_spec.check_params(declared, state.PARAMS)
-    state.sync_query_params()
+    state.adopt_url()
     pages = {p.spec.key: page_spec.nav_page(p) for p in declared}
     specs = {p.spec.key: p.spec for p in declared}
     current = st.navigation(list(pages.values()), position="top")
@@ -55,15 +55,21 @@ def main() -> None:
         if current is pages[page_spec.HOME] and landing != page_spec.HOME and _opened_at_root():
             target = landing
     if target in pages and pages[target] is not current:
-        st.switch_page(pages[target], query_params=state.url_params())
-    ui.sidebar()
+        st.switch_page(pages[target], query_params=state.params_for(specs[target].params))
     key = next(k for k, p in pages.items() if p is current)
+    state.keep_only(specs[key].params)  # the URL holds this page's parameters only
+    state.start_run(st.container())  # every invalid URL value, named, at the top of the page
+    ui.presenter_style()
+    ui.sidebar()
     params = {k: v for k, v in state.url_params().items() if k in specs[key].params}
-    with perf.timed(key, params):
-        try:
-            current.run()
-        except CacheProblem as exc:  # a file that went missing after the run was opened and checked
-            problem_page(exc)
+    try:
+        with perf.timed(key, params):
+            try:
+                current.run()
+            except CacheProblem as exc:  # a file that went missing after the run was opened and checked
+                problem_page(exc)
+    finally:
+        state.start_run(None)
 
 
 main()

@@ -9,6 +9,7 @@ parameters are read and written only through this module (:func:`get_param`, :fu
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -82,70 +83,187 @@ def selected_run_name() -> str | None:
 
 
 # --- URL state shared by the explorer's pages -------------------------------------------------
-# Every selection lives in the URL so a presenter can bookmark it:
+# Every selection lives in the URL so a presenter can bookmark it and Back / Forward walk through it:
 #   ?run=digits&test=42&method=exact          (Influence view of test point 42)
 #   ?run=digits&train=7                        (reverse view of training sample 7)
-# Page switches clear the browser's query string, so a copy is kept in the session and restored.
-# PARAMS is the union of what the pages declare (PageSpec.params); the app checks it at start.
+#   ?run=digits&outcome=incorrect&classes=3,7&sort=loss&p=2   (a gallery filter, sort and page)
+# The URL holds only the current page's parameters (its PageSpec.params, plus GLOBAL); the session
+# keeps a copy of all of them, so a menu switch (which clears the query string) gets them back.
+# A URL that names any of the page's parameters (a link, Back / Forward, a card click) is taken as
+# it is: what it lacks is not selected. PARAMS is the union of what the pages declare, plus GLOBAL.
 
-PARAMS = ("run", "test", "train", "method", "k", "color", "a", "b")
+#: parameters kept on every page (presenter mode)
+GLOBAL = ("present",)
+PARAMS = ("run", "test", "train", "method", "k", "color", "a", "b", "classes", "outcome", "conf", "sort", "p",
+          "reviewer", *GLOBAL)
 _SESSION_KEY = "_ie_params"
+#: session key of the training samples sent from the embedding map to the review queue
+REVIEW_SELECTION = "review_selection"
+_PROBLEMS_KEY = "_ie_url_problems"
+#: what an index parameter counts, for the warning about an invalid value
+NOUNS = {"test": "test point", "train": "training sample"}
 
 
-def sync_query_params() -> None:
-    """Adopt values present in the URL; put back the ones a page switch dropped. Call once per rerun."""
-    saved: dict[str, str] = st.session_state.setdefault(_SESSION_KEY, {})
-    qp = st.query_params
+def _saved() -> dict[str, str]:
+    return st.session_state.setdefault(_SESSION_KEY, {})
+
+
+def adopt_url() -> None:
+    """Copy the parameters present in the URL into the session copy (the URL wins). Call first, once
+    per rerun, before the landing rule reads them."""
+    saved, qp = _saved(), st.query_params
     for key in PARAMS:
         if key in qp:
             saved[key] = qp[key]
-        elif key in saved:
-            qp[key] = saved[key]
+
+
+def keep_only(declared: tuple[str, ...]) -> None:
+    """Make the URL hold exactly the current page's parameters (``declared`` plus :data:`GLOBAL`).
+
+    A URL that names any of them is authoritative (a link, Back / Forward): a declared parameter it
+    lacks is dropped from the session copy too, so Back from a training sample returns to the test
+    point. A URL with none of them (a menu switch clears the query string) gets the session's
+    values back. Parameters of other pages leave the URL but stay in the session copy.
+    """
+    saved, qp = _saved(), st.query_params
+    keys = set(declared) | set(GLOBAL)
+    authoritative = any(k in qp for k in declared)
+    want: dict[str, str] = {}
+    for key in PARAMS:
+        if key in keys and key in qp:
+            want[key] = saved[key] = qp[key]
+        elif key in keys and authoritative and key not in GLOBAL:
+            saved.pop(key, None)
+        elif key in keys and key in saved:
+            want[key] = saved[key]
+    if want != {k: qp[k] for k in qp}:
+        qp.from_dict(want)
+
+
+def params_for(declared: tuple[str, ...]) -> dict[str, str]:
+    """The session's values of ``declared`` (and :data:`GLOBAL`): the query string of a page switch."""
+    keys = set(declared) | set(GLOBAL)
+    return {k: v for k, v in _saved().items() if k in keys}
+
+
+def remembered(key: str) -> str | None:
+    """The session's value of ``key``: the URL's on a page that declares it, else the last one seen
+    (e.g. the selected test point, for the sidebar of a page without ``test``)."""
+    return get_param(key) if key in st.query_params else _saved().get(key)
 
 
 def url_params() -> dict[str, str]:
-    """Every parameter in the URL (for ``st.switch_page`` and timing logs)."""
+    """Every parameter in the URL (for timing logs)."""
     return {k: st.query_params[k] for k in st.query_params}
 
 
 def get_param(key: str) -> str | None:
-    """A URL parameter (after :func:`sync_query_params`)."""
+    """A URL parameter (after :func:`keep_only`)."""
     return st.query_params.get(key)
 
 
+def set_params(**values: object | None) -> None:
+    """Set (``None``: remove) several URL parameters in one change of the URL, so the browser's
+    history gets one entry per selection (Back undoes it), and in the session copy."""
+    saved, qp = _saved(), st.query_params
+    now = {k: qp[k] for k in qp}
+    want = dict(now)
+    for key, value in values.items():
+        if value is None:
+            saved.pop(key, None)
+            want.pop(key, None)
+        else:
+            saved[key] = want[key] = str(value)
+    if want != now:
+        qp.from_dict(want)
+
+
 def set_param(key: str, value: object | None) -> None:
-    """Set (or with ``None`` remove) a URL parameter, in the URL and in the session copy."""
-    saved: dict[str, str] = st.session_state.setdefault(_SESSION_KEY, {})
-    if value is None:
-        saved.pop(key, None)
-        if key in st.query_params:
-            del st.query_params[key]
-    else:
-        saved[key] = str(value)
-        st.query_params[key] = str(value)
+    """Set (or with ``None`` remove) one URL parameter (see :func:`set_params`)."""
+    set_params(**{key: value})
+
+
+# --- invalid URL values: a visible warning naming the parameter, never a silent fallback ---------
+
+_SLOT = threading.local()  # the container at the top of the page of this script run (see start_run)
+
+
+def start_run(slot: object | None) -> None:
+    """Forget the previous run's URL problems and show this run's in ``slot`` (a container at the top
+    of the page; ``None`` when the run ends). The app calls this around every full rerun."""
+    st.session_state[_PROBLEMS_KEY] = {}
+    _SLOT.slot = slot
+
+
+def url_problem(key: str, message: str) -> None:
+    """Report that URL parameter ``key`` has an unusable value (``message``, markdown, escaped by the
+    caller): a warning at the top of the page, on every rerun while the URL has the value (a page
+    that stops early, e.g. to ask a name, still shows it)."""
+    problems = st.session_state.setdefault(_PROBLEMS_KEY, {})
+    if key in problems:
+        return
+    problems[key] = message
+    slot = getattr(_SLOT, "slot", None)
+    if slot is not None:
+        slot.warning(message, icon=":material/link_off:")
+
+
+def url_problems() -> dict[str, str]:
+    """The URL problems reported during this rerun, by parameter."""
+    return dict(st.session_state.get(_PROBLEMS_KEY, {}))
+
+
+def _shown(key: str, raw: str) -> str:
+    from explorer.text import md_code
+
+    return md_code(f"{key}={raw[:60]}")
+
+
+def get_int_in(key: str, lo: int, hi: int, what: str | None = None) -> int | None:
+    """An integer URL parameter in ``[lo, hi]``; ``None`` when absent, or when invalid (then a
+    warning names the parameter and the valid range)."""
+    raw = get_param(key)
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is not None and lo <= value <= hi:
+        return value
+    noun = what or NOUNS.get(key, "value")
+    span = f"a whole number from {lo} to {hi}" if hi >= lo else "nothing (there are none)"
+    url_problem(key, f"URL parameter {_shown(key, raw)} is not a valid {noun}: expected {span}. It is ignored.")
+    return None
 
 
 def get_int(key: str, n: int) -> int | None:
-    """An integer URL parameter in ``[0, n)``, or ``None`` when absent or invalid."""
+    """An integer URL parameter in ``[0, n)``; ``None`` when absent or invalid (with a warning)."""
+    return get_int_in(key, 0, n - 1)
+
+
+def get_choice(key: str, options: dict[str, str] | list[str], what: str) -> str | None:
+    """A URL parameter that must be one of ``options`` (keys of a dict); ``None`` when absent, or when
+    invalid (then a warning names the parameter and lists the valid values)."""
+    from explorer.text import md_escape
+
     raw = get_param(key)
-    try:
-        value = int(raw) if raw is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and 0 <= value < n else None
+    if raw is None or raw in options:
+        return raw
+    valid = ", ".join(str(o) for o in options)
+    url_problem(key, f"URL parameter {_shown(key, raw)} is not a valid {what}: expected one of "
+                     f"{md_escape(valid)}. It is ignored.")
+    return None
 
 
 def choose_run(name: str) -> None:
     """Select run ``name`` and drop the selection that belonged to the previous run."""
-    set_param("run", name)
-    for key in ("test", "train", "method"):
-        set_param(key, None)
+    set_params(run=name, test=None, train=None, method=None, a=None, b=None, classes=None, p=None)
 
 
 def select_test(index: int) -> None:
     """Focus test point ``index`` (the influence view leaves any training sample)."""
-    set_param("test", int(index))
-    set_param("train", None)
+    set_params(test=int(index), train=None)
 
 
 def select_train(index: int) -> None:
@@ -161,15 +279,19 @@ def goto(page: str) -> None:
     st.session_state["_ie_goto"] = page
 
 
+def peek_goto() -> str | None:
+    """The page requested with :func:`goto`, left in place."""
+    return st.session_state.get("_ie_goto")
+
+
 def pop_goto() -> str | None:
     """The page requested with :func:`goto`, once."""
     return st.session_state.pop("_ie_goto", None)
 
 
 def selected_method(methods: list[str]) -> str:
-    """The method in the URL if this run has it, else the run's first method."""
-    m = get_param("method")
-    return m if m in methods else methods[0]
+    """The method in the URL if this run has it, else the run's first method (with a warning)."""
+    return get_choice("method", methods, "method of this run") or methods[0]
 
 
 def select_train_clear() -> None:

@@ -12,10 +12,11 @@ from dataclasses import replace
 import numpy as np
 import streamlit as st
 
+from cache_format.atomic import recover_swaps
 from cache_format.names import SIGN_CONVENTION
 from cache_format.runs import CacheProblem, RunCache, RunSummary, list_runs
 from components.cards import Card
-from components.colors import CORRECT, WRONG, class_color
+from components.colors import CORRECT, WRONG, class_color, text_color
 from explorer import state
 from explorer.data import RunView, view
 from explorer.help import no_openable_runs_page, no_runs_page, problem_page
@@ -32,6 +33,10 @@ def runs(cache_dir: str) -> list[RunSummary]:
     """Every run under the cache folder (re-listed at most every 10 s); a run whose files do not
     match its manifest (:func:`explorer.state.run_problem`) is listed as not ok, with the problem."""
     out = []
+    try:  # a precompute killed mid-swap left its new run in a hidden folder: finish that swap first
+        recover_swaps(cache_dir)
+    except OSError:
+        pass
     for r in list_runs(cache_dir):
         problem = state.run_problem(r.path) if r.ok else None
         out.append(replace(r, ok=False, problem=problem) if problem else r)
@@ -74,33 +79,65 @@ def bound_select(label: str, options: Sequence[str], param: str, value: str, key
 
 
 def method_picker(v: RunView, key: str = "w_method", label: str = "Influence method") -> str:
-    """The method selector (URL ``method``); warns when a deep link names a method this run lacks.
+    """The method selector (URL ``method``); a deep link naming a method this run lacks gets a
+    warning at the top of the page (see :func:`explorer.state.get_choice`).
 
     Each method shows its LDS beside its name once ``influence-explorer evaluate`` has run.
     """
     from cache_format.evaluation import method_label_with_lds
 
-    wanted = state.get_param("method")
     method = state.selected_method(v.methods)
-    if wanted and wanted != method:
-        st.warning(f"Run **{md_escape(v.name)}** has no method {md_code(wanted)}; showing {md_code(method)}. "
-                   f"It has: {md_escape(', '.join(v.methods))}.")
     labels = {m: method_label_with_lds(v.run, m) for m in v.methods}
     return bound_select(label, v.methods, "method", method, key, format_func=labels.get)
 
 
 def k_slider(v: RunView, method: str, default: int = 8, key: str = "w_k", cap: int = 24) -> int:
-    """The top-k slider (URL ``k``), capped by what the cache stores."""
+    """The top-k slider (URL ``k``), capped by what the cache stores; ``?k=0``, ``?k=abc`` or a k above
+    the cap get a warning naming the parameter."""
     hi = max(1, min(cap, v.topk_max(method)))
-    k = min(state.get_int("k", hi + 1) or default, hi)
+    k = state.get_int_in("k", 1, hi, what=f"top k for this page (the cache stores {v.topk_max(method)})")
+    k = min(default, hi) if k is None else k
     if st.session_state.get(key) != k:
         st.session_state[key] = k
     return st.slider("Top k", 1, hi, key=key, on_change=lambda: state.set_param("k", st.session_state[key]))
 
 
+def presenting() -> bool:
+    """Whether presenter mode is on (``?present=1``)."""
+    return state.get_param("present") == "1"
+
+
+#: presenter mode: larger type, no Streamlit chrome (header, toolbar, sidebar), tighter top margin
+PRESENTER_CSS = """<style>
+html{font-size:20px}
+[data-testid=stHeader],[data-testid=stToolbar],[data-testid=stDecoration],[data-testid=stSidebar],
+[data-testid=stSidebarCollapsedControl],[data-testid=stStatusWidget],[data-testid=stMainMenu]{display:none!important}
+[data-testid=stMainBlockContainer]{padding-top:0.6rem!important;padding-bottom:1rem!important;max-width:100%}
+.ie-card{font-size:1rem}.ie-card div{font-size:0.95rem!important}.ie-badge{font-size:0.8rem!important}
+div[class*='st-key-iecard_']{padding:0.45rem!important}
+div[class*='st-key-iecard_'] button{padding:0.1rem 0.2rem!important;min-height:0!important}
+div[class*='st-key-iecard_'] button p{font-size:0.75rem!important;white-space:nowrap}
+h1{font-size:1.7rem!important;padding:0.2rem 0!important}h3{font-size:1.2rem!important;padding:0.1rem 0!important}
+</style>"""
+
+
+def presenter_style() -> None:
+    """Apply presenter mode's style when ``?present=1``; ``?present=`` with another value is named."""
+    raw = state.get_param("present")
+    if raw is None:
+        return
+    if raw not in ("0", "1"):
+        state.url_problem("present", f"URL parameter {md_code('present=' + raw[:60])} is not valid: expected "
+                                     "1 (presenter mode) or 0. It is ignored.")
+    elif raw == "1":
+        st.html(PRESENTER_CSS)
+
+
 def chip(v: RunView, label: int) -> str:
-    """A class name on its class colour (HTML inside markdown: escaped for both)."""
-    return (f'<span style="background:{class_color(label)};color:white;border-radius:4px;padding:0 6px;'
+    """A class name on its class colour, in black or white text, whichever contrasts more (HTML
+    inside markdown: escaped for both)."""
+    bg = class_color(label)
+    return (f'<span class="ie-chip" style="background:{bg};color:{text_color(bg)};border-radius:4px;padding:0 6px;'
             f'font-weight:600">{md_escape(v.class_names[int(label)])}</span>')
 
 
@@ -130,7 +167,7 @@ def cards_for(v: RunView, split: str, ids: np.ndarray, scores: np.ndarray | None
 
 
 def open_test(index: int) -> None:
-    """Card callback: focus a test point and go to the influence view."""
+    """Card callback: focus a test point and go to the influence view (one history entry)."""
     state.select_test(index)
     state.goto("influence")
 
@@ -165,7 +202,7 @@ def sidebar() -> None:
         st.markdown("### :material/hub: Influence Explorer")
         if ok:
             _run_picker(ok)
-            test, train = state.get_param("test"), state.get_param("train")
+            test, train = state.remembered("test"), state.remembered("train")
             if test is not None or train is not None:
                 st.markdown("**Selected**")
                 if test is not None:

@@ -98,10 +98,13 @@ def test_page_with_a_bad_run_name(open_page, key: str):
 
 @pytest.mark.parametrize("key", list(BY_KEY))
 def test_page_with_bad_values(open_page, key: str):
-    at = open_page(key, run="digits", **_only(key, BAD_VALUES))
+    bad = _only(key, BAD_VALUES)
+    at = open_page(key, run="digits", **bad)
     assert _expected(key)[0] in _text(at)
-    if "method" in BY_KEY[key].spec.params:
-        assert any("nonexistent" in w.value for w in at.warning)
+    warnings = " ".join(w.value for w in at.warning)
+    for param, value in bad.items():  # every bad value is named, and left in the URL (no silent change)
+        assert f"{param}={value}" in warnings, (param, warnings)
+        assert at.query_params[param] == value
 
 
 def test_unknown_page_parameter_falls_back_to_the_landing_rule(open_page):
@@ -120,8 +123,9 @@ def test_menu_order_and_keys():
 
 
 def test_declared_params_are_the_urls_state():
-    """``state.PARAMS`` (kept across page switches) is exactly what the pages declare."""
-    assert page_spec.declared_params(PAGES) == set(state.PARAMS)
+    """``state.PARAMS`` (kept across page switches) is exactly what the pages declare, plus the
+    parameters every page keeps (``state.GLOBAL``: presenter mode)."""
+    assert page_spec.declared_params(PAGES) | set(state.GLOBAL) == set(state.PARAMS)
     page_spec.check_params(PAGES, state.PARAMS)
     with pytest.raises(ValueError, match="'zoom'"):
         page_spec.check_params([page_spec.Page(PageSpec("x", "X", "", 1, ("zoom",)), lambda: None, "m")],

@@ -10,16 +10,32 @@ import pytest
 from PIL import Image
 
 from components.cards import Card, card_html, score_bar_html
-from components.colors import DIVERGING, OPPONENT, PROPONENT, class_color, class_colors
+from components.colors import (
+    CLASS_PALETTE,
+    DIVERGING,
+    OPPONENT,
+    PROPONENT,
+    class_color,
+    class_colors,
+    contrast_ratio,
+    text_color,
+)
+from components.compare_figures import (
+    agreement,
+    method_scatter_figure,
+    overlap_counts,
+    sign_overlap,
+)
 from components.figures import (
     OVERLAY_NAMES,
     embedding_figure,
     is_click,
-    method_scatter_figure,
     overlay_traces,
     probability_figure,
+    rank_scale,
     selected_ids,
     with_overlay,
+    zoom_box,
 )
 from components.images import data_uri, png_bytes, to_uint8, upscale
 
@@ -58,19 +74,53 @@ def test_class_mode_one_trace_per_class_and_split_with_ids(toy):
 def test_influence_mode_is_zero_centred_and_sized_by_magnitude(toy):
     xy, labels = toy
     scores = np.linspace(-1.0, 3.0, N_TRAIN).astype(np.float32)
-    fig = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores)
+    fig = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores, scale="linear")
     train = fig.data[0]
     m = train.marker
     assert m.cmid == 0.0 and m.cmin == -3.0 and m.cmax == 3.0
     assert [list(x) for x in m.colorscale][0][1] == DIVERGING[0][1]
-    ids = np.asarray(train.customdata)[:, 0]
+    ids = np.asarray(train.customdata)[:, 0].astype(int)
     np.testing.assert_allclose(np.asarray(m.color), scores[ids])
     size = np.asarray(m.size)
     assert size[np.argmax(np.abs(scores[ids]))] == size.max()
     assert np.all(np.diff(np.abs(scores[ids])) >= 0)  # most influential drawn last
     assert sorted(np.asarray(fig.data[1].customdata)[:, 0]) == list(range(N_TRAIN, N_TRAIN + N_TEST))
+    np.testing.assert_allclose(np.asarray(train.customdata)[:, 2], scores[ids])  # the score, for the hover
     with pytest.raises(ValueError):
         embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores[:-1])
+
+
+def test_rank_scale_spreads_colours_over_the_samples(toy):
+    """A few extreme scores no longer leave everything else grey: colours follow the rank of |score|."""
+    xy, labels = toy
+    scores = np.zeros(N_TRAIN, dtype=np.float32)
+    scores[:10] = [-500.0, -1.0, -0.5, -0.1, 0.01, 0.02, 0.3, 0.4, 2.0, 900.0]
+    q = rank_scale(scores)
+    np.testing.assert_allclose(q[:10], np.array([-9, -7, -6, -3, 1, 2, 4, 5, 8, 10]) / 10)
+    assert (q[10:] == 0).all()
+    assert (np.sign(q) == np.sign(scores)).all()
+    fig = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores)
+    m = fig.data[0].marker
+    assert m.cmin == -1.0 and m.cmax == 1.0 and m.cmid == 0.0
+    ids = np.asarray(fig.data[0].customdata)[:, 0].astype(int)
+    np.testing.assert_allclose(np.asarray(m.color), q[ids])
+    assert list(m.colorbar.tickvals) == [-1.0, -0.9, -0.5, 0.0, 0.5, 0.9, 1.0]
+    assert m.colorbar.ticktext[-1] == "+9e+02" and m.colorbar.ticktext[3] == "0"
+    with pytest.raises(ValueError, match="scale"):
+        embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"], scores=scores, scale="log")
+
+
+def test_zoom_box_and_overlay_zoom(toy):
+    xy, labels = toy
+    box = zoom_box(xy, [0, 1, 2], pad=0.0)
+    pts = xy[[0, 1, 2]]
+    assert box[0] <= pts[:, 0].min() and box[1] >= pts[:, 0].max()
+    assert box[2] <= pts[:, 1].min() and box[3] >= pts[:, 1].max()
+    assert zoom_box(xy, []) is None
+    base = embedding_figure(xy, labels, N_TRAIN, ["a", "b", "c"])
+    fig = with_overlay(base, [], box)
+    assert list(fig.layout.xaxis.range) == pytest.approx([box[0], box[1]])
+    assert fig.layout.uirevision != base.layout.uirevision and base.layout.xaxis.range is None
 
 
 def test_overlay_star_and_links(toy):
@@ -123,11 +173,27 @@ def test_probability_figure_highlights_pred_and_true():
     assert list(bar.text) == ["", "pred", "true"]
 
 
-def test_method_scatter_groups():
-    a, b = np.arange(5.0), np.arange(5.0)[::-1].copy()
-    fig = method_scatter_figure(a, b, "A", "B", top_a=[0, 1], top_b=[1, 2])
+def test_sign_overlap_splits_agreement_from_a_sign_flip():
+    """A proponent of A that is an opponent of B (e.g. exact -48.2 vs tracin +1.41) is no agreement."""
+    ov = sign_overlap(pro_a=[1, 2, 3], opp_a=[7, 8, 9], pro_b=[2, 9, 4], opp_b=[8, 3, 5])
+    assert ov.same_pro == [2] and ov.same_opp == [8]
+    assert ov.pro_a_opp_b == [3] and ov.opp_a_pro_b == [9] and ov.opposite == [3, 9] and ov.same == [2, 8]
+    assert overlap_counts(ov, 3, 3) == {"Proponents shared": "1 / 3", "Opponents shared": "1 / 3", "Opposite sign": "2"}
+    assert agreement(2, [2, 9, 4], [8, 3, 5], "pro") == "✓ same sign"
+    assert agreement(3, [2, 9, 4], [8, 3, 5], "pro") == "✗ opposite sign"
+    assert agreement(1, [2, 9, 4], [8, 3, 5], "pro") == ""
+    assert agreement(9, [2, 9, 4], [8, 3, 5], "opp") == "✗ opposite sign"
+
+
+def test_method_scatter_groups_by_sign():
+    a, b = np.arange(10.0), np.arange(10.0)[::-1].copy()
+    fig = method_scatter_figure(a, b, "A", "B", pro_a=[0, 1], opp_a=[5], pro_b=[1, 5], opp_b=[6])
     by_name = {t.name: list(t.customdata) if t.customdata is not None else None for t in fig.data}
-    assert by_name["both top-k"] == [1] and by_name["A only"] == [0] and by_name["B only"] == [2]
+    assert by_name["same sign in both top-k"] == [1]
+    assert by_name["opposite sign (proponent in one, opponent in the other)"] == [5]
+    assert by_name["A top-k only"] == [0] and by_name["B top-k only"] == [6]
+    flip = next(t for t in fig.data if t.name.startswith("opposite"))
+    assert list(flip.x) == [5.0] and list(flip.y) == [4.0] and flip.marker.symbol == "x"
 
 
 def test_images_gray_and_rgb_upscale_crisply():
@@ -178,6 +244,15 @@ def test_cards_and_score_bars():
     h = card_html(card)
     assert 'alt="train #3 &lt;x&gt;"' in h and "label ≠ 2" in h and "width:50.0%" in h
     assert "ie-badge" not in card_html(Card("k", 1, "u", "b", "a"))
+
+
+def test_chip_text_contrast_is_readable_on_every_class_colour():
+    """WCAG AA for text: >= 4.5:1; white on the yellow class (#edc948) was 1.6:1."""
+    assert contrast_ratio("#ffffff", "#000000") == pytest.approx(21.0)
+    assert contrast_ratio("#edc948", "#ffffff") == pytest.approx(1.6, abs=0.05)
+    assert text_color("#edc948") == "#000000" and text_color("#1f77b4") == "#ffffff"
+    for c in CLASS_PALETTE:
+        assert contrast_ratio(c, text_color(c)) >= 4.5, c
 
 
 def test_colors():

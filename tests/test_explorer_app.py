@@ -148,7 +148,7 @@ def test_compare_page_overlap_and_correlation(app, digits_run):
     assert len(at.dataframe) == 4  # proponents and opponents, two methods each
     pro_a = at.dataframe[0].value
     assert pro_a["train #"].tolist() == a.tolist()
-    assert (pro_a["in both"] == "✓").sum() == shared
+    assert (pro_a["in graddot"] == "✓ same sign").sum() == shared
 
 
 def test_missing_cache_folder_shows_help(tmp_path, monkeypatch):

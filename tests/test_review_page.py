@@ -106,3 +106,68 @@ def test_page_without_run_opens_the_first_and_the_sidebar_picks_another(noisy_ru
     picker.set_value(noisy_run.name).run()
     assert not at.exception and at.query_params["run"] == noisy_run.name
     assert at.header[0].value == "Review suspected mislabels" and at.text_input(key="review_name_input")
+
+
+def test_reviewer_name_is_remembered_in_the_url(page):
+    """Entered once, the name goes to the URL (``?reviewer=``): a reload or a bookmark opens the queue."""
+    at, _ = page
+    at.run()
+    at.text_input(key="review_name_input").input("Ann")
+    at.button[0].click().run()
+    assert at.query_params["reviewer"] == "Ann"
+    at2 = AppTest.from_file(APP, default_timeout=60)  # a new session (a reload) on that URL
+    at2.query_params.update({"page": "review", "run": at.query_params["run"], "reviewer": "Ann"})
+    at2.run()
+    assert not at2.exception and at2.session_state["reviewer"] == "Ann"
+    assert at2.subheader and not [t for t in at2.text_input if t.key == "review_name_input"]
+
+
+def test_an_unusable_reviewer_in_the_url_is_named_and_the_name_asked(page):
+    at, _ = page
+    at.query_params["reviewer"] = "x" * 200
+    at.run()
+    assert any("`reviewer`" in w.value for w in at.warning)
+    assert at.text_input(key="review_name_input") is not None
+
+
+def test_status_counts_follow_the_filters_and_captions_are_labelled(page, noisy_run: Path):
+    at, _ = page
+    at.session_state["reviewer"] = "tester"
+    at.run()
+    run = RunCache(noisy_run)
+    data = load_mislabels(run)
+    given = data.table["label"].to_numpy()
+    n = run.n_train
+    assert at.radio(key="review_status").options[-1] == f"all ({n})"
+    cls = run.class_names[3]
+    at.sidebar.multiselect(key="review_classes").set_value([cls]).run()
+    n3 = int((given == 3).sum())
+    assert at.radio(key="review_status").options == [f"pending ({n3})", "reviewed (0)", "unsure (0)", f"all ({n3})"]
+    captions = [c for img in at.get("image") for c in img.captions]
+    assert any(c.startswith("test #") and " · true " in c and " · pred " in c and " · score " in c for c in captions)
+    assert any(c.startswith("train #") and " · label " in c for c in captions)
+
+
+def test_a_map_selection_limits_the_queue(page, noisy_run: Path):
+    at, _ = page
+    data = load_mislabels(RunCache(noisy_run))
+    order = data.ranking(data.default_method)["index"].tolist()
+    picked = [order[40], order[7], order[90]]
+    at.session_state["reviewer"] = "tester"
+    at.session_state["review_selection"] = {"run": noisy_run.name, "ids": picked}
+    at.run()
+    assert _shown(at) == order[7] and "1 of 3 in queue" in at.subheader[0].value
+    assert any("3** training samples sent from the embedding map" in i.value for i in at.info)
+    at.button(key="review_clear_map").click().run()
+    assert _shown(at) == order[0]
+
+
+def test_the_page_says_which_ranking_is_the_default_and_why(page, noisy_run: Path):
+    at, _ = page
+    at.session_state["reviewer"] = "tester"
+    at.run()
+    assert not at.exception, at.exception
+    data = load_mislabels(RunCache(noisy_run))
+    assert at.selectbox(key="review_method").value == data.ranking_default
+    captions = [c.value for c in at.sidebar.caption]
+    assert any(c.startswith("Default ranking:") and data.ranking_reason[:40] in c for c in captions), captions

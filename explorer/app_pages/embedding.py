@@ -12,6 +12,7 @@ from components.figures import (
     overlay_traces,
     selected_ids,
     with_overlay,
+    zoom_box,
 )
 from explorer import state, ui
 from explorer.data import RunView
@@ -22,6 +23,8 @@ PAGE = PageSpec(key="embedding", title="Embedding map", icon=":material/scatter_
 
 COLOR_MODES = {"class": "Class", "influence": "Influence on the selected test point"}
 MAX_LISTED = 300
+ZOOM = "_emb_zoom"  # session: the visible area (x0, x1, y0, y1) after "Zoom to selection"
+
 
 
 def _figure(v: RunView, mode: str, method: str, test: int | None, k: int):
@@ -31,15 +34,19 @@ def _figure(v: RunView, mode: str, method: str, test: int | None, k: int):
                                                     scores=v.score_row(method, test)))
     else:
         base = v.memo("emb_class", lambda: embedding_figure(v.embedding, v.all_labels, v.n_train, v.class_names))
+    zoom = st.session_state.get(ZOOM)
     if test is None:
-        return base
+        return base if zoom is None else with_overlay(base, [], zoom)
     top = v.top(method, test, k)
     row = v.sample("test", test)
     label = f"test #{test}: true {v.class_names[int(row['label'])]}, pred {v.class_names[int(row['pred'])]}"
-    return with_overlay(base, overlay_traces(v.embedding, v.n_train, v.n_train + test, top.pro, top.opp, label))
+    return with_overlay(base, overlay_traces(v.embedding, v.n_train, v.n_train + test, top.pro, top.opp, label), zoom)
 
 
 def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
+    """The selected samples, most influential first when ``scores`` (``[n_train]``) are given, else in
+    id order; at most :data:`MAX_LISTED` rows."""
+    ids = sorted(ids, key=lambda g: (-abs(float(scores[g])) if scores is not None and g < v.n_train else 0.0, g))
     rows = []
     for g in ids[:MAX_LISTED]:
         split, idx = ("test", g - v.n_train) if g >= v.n_train else ("train", g)
@@ -53,6 +60,52 @@ def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
             row["file"] = file
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ids_csv(v: RunView, ids: list[int]) -> str:
+    """The selection as CSV: ``split,index`` per selected sample (global ids split back)."""
+    lines = ["split,index"] + [f"test,{g - v.n_train}" if g >= v.n_train else f"train,{g}" for g in sorted(ids)]
+    return "\n".join(lines) + "\n"
+
+
+def _send_to_review(run: str, train_ids: list[int]) -> None:
+    st.session_state[state.REVIEW_SELECTION] = {"run": run, "ids": [int(i) for i in train_ids]}
+    state.goto("review")
+
+
+def _open_row(df: pd.DataFrame) -> None:
+    """Dataframe callback: the clicked row opens its sample on the influence view."""
+    rows = st.session_state["emb_listing"]["selection"]["rows"]
+    if rows:
+        r = df.iloc[int(rows[0])]
+        (ui.open_test if r["split"] == "test" else ui.open_train)(int(r["index"]))
+
+
+def _selection_actions(v: RunView, ids: list[int], scores) -> None:
+    """The listing of a box / lasso selection and what to do with it."""
+    n_test = sum(g >= v.n_train for g in ids)
+    train_ids = [g for g in ids if g < v.n_train]
+    st.subheader(f"{len(ids):,} selected: {len(ids) - n_test:,} train, {n_test:,} test")
+    a1, a2, a3, a4 = st.columns(4)
+    a1.button("Zoom to selection", key="emb_zoom", icon=":material/zoom_in:",
+              on_click=lambda: st.session_state.update({ZOOM: zoom_box(v.embedding, ids)}))
+    a2.button("Reset zoom", key="emb_zoom_reset", disabled=st.session_state.get(ZOOM) is None,
+              on_click=lambda: st.session_state.pop(ZOOM, None))
+    a3.download_button("Ids as CSV", ids_csv(v, ids), file_name=f"{v.name}.selection.csv", mime="text/csv",
+                       key="emb_csv", icon=":material/download:")
+    a4.button(f"Send {len(train_ids):,} training samples to review", key="emb_review", disabled=not train_ids,
+              icon=":material/report:", on_click=_send_to_review, args=(v.name, train_ids))
+    df = _listing(v, ids, scores)
+    st.caption(("Most influential first (|score|). " if scores is not None else "") + "Click a row to open its sample.")
+    st.dataframe(df, hide_index=True, width="stretch", key="emb_listing", on_select=lambda: _open_row(df),
+                 selection_mode="single-row", column_config={
+                     "image": st.column_config.ImageColumn("image", width="small"),
+                     "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0,
+                                                                   format="%.2f"),
+                     "score": st.column_config.NumberColumn("score", format="%+.3g"),
+                 })
+    if len(ids) > MAX_LISTED:
+        st.caption(f"showing the first {MAX_LISTED}")
 
 
 @st.fragment
@@ -76,17 +129,10 @@ def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -
         st.rerun()  # whole app: the header, buttons and sidebar show the new selection
     st.session_state["_emb_last"] = sig
     if ids and not click:
-        n_test = sum(g >= v.n_train for g in ids)
-        st.subheader(f"{len(ids):,} selected: {len(ids) - n_test:,} train, {n_test:,} test")
         scores = v.score_row(method, test) if mode == "influence" and test is not None else None
-        df = _listing(v, ids, scores)
-        st.dataframe(df, hide_index=True, width="stretch", column_config={
-            "image": st.column_config.ImageColumn("image", width="small"),
-            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="%.2f"),
-            "score": st.column_config.NumberColumn("score", format="%+.3g"),
-        })
-        if len(ids) > MAX_LISTED:
-            st.caption(f"showing the first {MAX_LISTED}")
+        _selection_actions(v, ids, scores)
+        if state.peek_goto():  # a row or "send to review": the whole app switches page
+            st.rerun(scope="app")
     else:
         st.caption("Click a point to select it (a ◆ becomes the focused test point, a ● the selected training "
                    "sample; open either with the buttons below). Pick the box or lasso tool in the chart's "
@@ -102,7 +148,7 @@ def main() -> None:
     st.caption("UMAP of the model's penultimate-layer features: training samples ●, test points ◆. "
                "The selected test point is the star, linked to its top-k proponents (blue) and opponents (red).")
     c1, c2, c3, c4 = st.columns([2.4, 2, 2, 2], vertical_alignment="bottom")
-    mode = state.get_param("color") if state.get_param("color") in COLOR_MODES else "class"
+    mode = state.get_choice("color", COLOR_MODES, "colouring") or "class"
     with c1:
         mode = ui.bound_select("Colour by", list(COLOR_MODES), "color", mode, "w_color",
                                format_func=COLOR_MODES.get)

@@ -3,6 +3,7 @@ training sample with the test predictions it helps and hurts most."""
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from cache_format.evaluation import counterfactual_sentence
@@ -28,6 +29,29 @@ def _default_test(v: RunView) -> int:
 
 def _jump() -> None:
     state.select_test(int(st.session_state["w_jump"]))
+
+
+def step_targets(correct: np.ndarray, test: int) -> dict[str, int]:
+    """Where the stepping buttons go from test point ``test`` (``correct``: ``[n_test]`` bool): the
+    previous / next test point (wrapping) and the next / previous misclassified one (wrapping; the
+    point itself when none other is)."""
+    n = len(correct)
+    wrong = np.flatnonzero(~np.asarray(correct, dtype=bool))
+    after, before = wrong[wrong > test], wrong[wrong < test]
+    nxt = int(after[0]) if len(after) else int(wrong[0]) if len(wrong) else test
+    prv = int(before[-1]) if len(before) else int(wrong[-1]) if len(wrong) else test
+    return {"prev": (test - 1) % n, "next": (test + 1) % n, "next_wrong": nxt, "prev_wrong": prv}
+
+
+def _stepper(v: RunView, test: int) -> None:
+    """Previous / next test point (arrow keys) and next / previous misclassified one (M / Shift+M)."""
+    go = step_targets(v.test["correct"].to_numpy(), test)
+    cols = st.columns(4)
+    for col, (key, label, shortcut) in zip(cols, (("prev", "← Previous", "left"), ("next", "Next →", "right"),
+                                                   ("prev_wrong", "↶ Previous misclassified", "shift+m"),
+                                                   ("next_wrong", "Next misclassified ↷", "m")), strict=True):
+        col.button(label, key=f"step_{key}", shortcut=shortcut, width="stretch", on_click=state.select_test,
+                   args=(go[key],), help=f"test #{go[key]}")
 
 
 def header(v: RunView, split: str, index: int, title: str, back_to: int | None = None) -> None:
@@ -59,38 +83,72 @@ def header(v: RunView, split: str, index: int, title: str, back_to: int | None =
                        icon=":material/swap_horiz:")
 
 
-def test_view(v: RunView, test: int) -> None:
-    row = v.sample("test", test)
+def _facts(v: RunView, split: str, index: int) -> str:
+    row = v.sample(split, index)
     label, pred = int(row["label"]), int(row["pred"])
-    verdict = "correctly" if label == pred else "wrongly"
-    header(v, "test", test, f"Test #{test}: {verdict} predicted {md_escape(v.class_names[pred])}")
+    return (f"{'True label' if split == 'test' else 'Given label'}: {ui.chip(v, label)}  \n"
+            f"Model predicts: {ui.chip(v, pred)} at {float(row['confidence']):.1%}")
+
+
+def _controls(v: RunView, test: int, default_k: int) -> tuple[str, int]:
     c1, c2, c3 = st.columns([2, 3, 1.2], vertical_alignment="bottom")
     with c1:
         method = ui.method_picker(v)
     with c2:
-        k = ui.k_slider(v, method)
+        k = ui.k_slider(v, method, default=default_k)
     with c3:
         if st.session_state.get("w_jump") != test:
             st.session_state["w_jump"] = test
         st.number_input("Test point", 0, v.n_test - 1, key="w_jump", on_change=_jump)
-    st.markdown(ui.SIGN_LINE)
-    sentence = counterfactual_sentence(v.run, test, method)
-    if sentence:
-        st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {md_escape(sentence)}",
-                icon=":material/science:")
+    return method, k
+
+
+def _cards(v: RunView, test: int, method: str, k: int, label: int, present: bool) -> None:
     top = v.top(method, test, k)
     name, shown = md_escape(v.class_names[label]), md_escape(method)
     left, right = st.columns(2, gap="large")
     with left:
         st.subheader(f":blue[Proponents]: pushed toward label {name}")
-        st.caption(f"Training samples that most lower this test point's loss ({shown}). Click one to open it.")
+        if not present:
+            st.caption(f"Training samples that most lower this test point's loss ({shown}). Click one to open it.")
         card_grid(ui.cards_for(v, "train", top.pro, top.pro_scores, top.scale, "pro", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
     with right:
         st.subheader(f":red[Opponents]: pushed away from label {name}")
-        st.caption(f"Training samples that most raise this test point's loss ({shown}).")
+        if not present:
+            st.caption(f"Training samples that most raise this test point's loss ({shown}).")
         card_grid(ui.cards_for(v, "train", top.opp, top.opp_scores, top.scale, "opp", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
+
+
+def test_view(v: RunView, test: int) -> None:
+    row = v.sample("test", test)
+    label, pred = int(row["label"]), int(row["pred"])
+    verdict = "correctly" if label == pred else "wrongly"
+    title = f"Test #{test}: {verdict} predicted {md_escape(v.class_names[pred])}"
+    if ui.presenting():  # one screen: a compact header, then the top 4 + 4 cards; controls below them
+        c1, c2 = st.columns([1, 6], vertical_alignment="center")
+        with c1:
+            ui.big_image(v, "test", test, px=112)
+        with c2:
+            st.title(title)
+            st.markdown(_facts(v, "test", test), unsafe_allow_html=True)
+        method = state.selected_method(v.methods)
+        hi = max(1, min(24, v.topk_max(method)))
+        k = state.get_int_in("k", 1, hi, what="top k for this page") or min(4, hi)
+        _cards(v, test, method, k, label, present=True)
+        st.caption(f"{ui.SIGN_LINE} Method: {md_escape(method)}.")
+        _stepper(v, test)
+        return
+    header(v, "test", test, title)
+    _stepper(v, test)
+    method, k = _controls(v, test, 8)
+    st.markdown(ui.SIGN_LINE)
+    sentence = counterfactual_sentence(v.run, test, method)
+    if sentence:
+        st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {md_escape(sentence)}",
+                icon=":material/science:")
+    _cards(v, test, method, k, label, present=False)
 
 
 def train_view(v: RunView, train: int) -> None:
@@ -134,7 +192,7 @@ def main() -> None:
     test = state.get_int("test", v.n_test)
     if test is None:
         test = _default_test(v)
-        state.select_test(test)
-        st.toast(f"No test point selected: showing test #{test}, the first misclassified one.")
+        if state.get_param("test") is None:  # nothing selected: the default goes in the URL
+            state.set_param("test", test)
+        st.caption(f"No valid test point in the URL: showing test #{test}, the first misclassified one.")
     test_view(v, test)
-

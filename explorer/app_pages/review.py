@@ -21,14 +21,17 @@ from cache_format.names import (
 )
 from cache_format.runs import CacheProblem, RunCache
 from components.review_figures import detection_figure, live_curve, progress_figure
-from explorer import ui
+from explorer import state, ui
 from explorer.annotations import AnnotationError, AnnotationStore, db_path
 from explorer.page_spec import PageSpec
+from explorer.review_export import export_panel
 from explorer.state import cache_dir
-from explorer.text import md_code, md_escape
+from explorer.text import md_escape
 
 PAGE = PageSpec(key="review", title="Suspected mislabels", icon=":material/report:", order=60,
-                params=("run",))
+                params=("run", "reviewer"))
+#: the longest reviewer name accepted (in the form or ``?reviewer=``)
+MAX_NAME = 64
 
 STATUSES = ("pending", "reviewed", "unsure", "all")
 SHORTCUTS = [("K", "keep the given label"), ("A", "accept the suggested label"), ("0-9", "relabel to that class"),
@@ -84,6 +87,7 @@ def _decide(store: AnnotationStore, sample: int, decision: str, new_label: int |
     label = "" if new_label is None else f" -> {new_label}"
     st.session_state[K + "flash"] = f"saved #{sample}: {decision}{label}"
     st.session_state[K + "cursor"] = rank + 1
+    st.session_state[K + "advanced"] = st.session_state.get(K + "advanced", 0) + 1
 
 
 def _undo(store: AnnotationStore, ranks: np.ndarray) -> None:
@@ -103,17 +107,46 @@ def _undo(store: AnnotationStore, ranks: np.ndarray) -> None:
 def _move(rank: int, step: int) -> None:
     st.session_state[K + "cursor"] = max(1, rank + step)
     st.session_state[K + "back"] = step < 0
+    st.session_state[K + "advanced"] = st.session_state.get(K + "advanced", 0) + 1
+
+
+#: scrolls the page back to the top (the next sample's image and id), run once per advance; a
+#: constant script (no data from the cache), the advance count only makes each one a new element
+_SCROLL_TOP = ("<script>/*{n}*/for (const s of ['[data-testid=stMain]', '[data-testid=stAppViewContainer]']) "
+               "{{ const e = document.querySelector(s); if (e) e.scrollTo({{top: 0}}); }} window.scrollTo(0, 0);"
+               "</script>")
+
+
+def _valid_name(name: str) -> bool:
+    return 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
+def _reviewer() -> str | None:
+    """The reviewer: this session's, else the URL's (``?reviewer=``, so a reload or a bookmark does not
+    ask again); an unusable URL value is named in a warning."""
+    raw = state.get_param("reviewer")
+    if raw is not None and not _valid_name(raw.strip()):
+        state.url_problem("reviewer", f"URL parameter `reviewer` is not a usable name: expected 1 to {MAX_NAME} "
+                                      "printable characters. It is ignored.")
+        raw = None
+    name = st.session_state.get("reviewer") or (raw.strip() if raw else None)
+    if name:
+        st.session_state["reviewer"] = name
+        if raw is None or raw.strip() != name:
+            state.set_param("reviewer", name)
+    return name
 
 
 # ---------------------------------------------------------------------------------------- page
 def _ask_reviewer() -> None:
     with st.form(K + "who"):
-        name = st.text_input("Your name (recorded with every decision)", key=K + "name_input")
+        name = st.text_input("Your name (recorded with every decision)", key=K + "name_input", max_chars=MAX_NAME)
         if st.form_submit_button("Start reviewing", type="primary"):
-            if name.strip():
+            if _valid_name(name.strip()):
                 st.session_state["reviewer"] = name.strip()
+                state.set_param("reviewer", name.strip())  # remembered in the URL: a reload does not ask again
                 st.rerun()
-            st.error("reviewer: enter a name to start")
+            st.error("reviewer: enter a name (printable characters) to start")
     st.stop()
 
 
@@ -128,9 +161,9 @@ def main() -> None:
     except CacheProblem as exc:
         st.error(md_escape(exc.message))
         st.stop()
-    if not st.session_state.get("reviewer"):
+    reviewer = _reviewer()
+    if not reviewer:
         _ask_reviewer()
-    reviewer = st.session_state["reviewer"]
     try:
         store = _store(run_name)
     except AnnotationError as exc:
@@ -151,6 +184,8 @@ def main() -> None:
         method = st.selectbox("Rank by", methods, index=methods.index(data.default_method),
                               key=K + "method", help="Higher score = more suspicious")
         st.caption(md_escape(describe_method(method)))
+        if method == data.ranking_default:
+            st.caption(f"Default ranking: {md_escape(data.ranking_reason)}")
         class_filter = st.multiselect("Given label", classes, key=K + "classes")
         pairs = pd.Series([f"{classes[g]} → {classes[s]}" for g, s in zip(given, suggested, strict=True)])
         pair_counts = pairs[given != suggested].value_counts()
@@ -162,22 +197,34 @@ def main() -> None:
     if st.session_state.get(K + "cursor_method") != method:
         st.session_state[K + "cursor_method"] = method
         st.session_state[K + "cursor"] = 1
-    counts = {s: int((status == s).sum()) for s in STATUSES[:3]}
-    counts["all"] = n
-    tab = st.radio("Status", STATUSES, horizontal=True, key=K + "status",
-                   format_func=lambda s: f"{s} ({counts[s]})", label_visibility="collapsed")
-
+    sent = st.session_state.get(state.REVIEW_SELECTION) or {}
+    picked = sent.get("ids") if sent.get("run") == run_name else None
+    if picked:
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.info(f"Queue limited to the **{len(picked):,}** training samples sent from the embedding map.",
+                icon=":material/scatter_plot:")
+        c2.button("Show the whole queue", key=K + "clear_map",
+                  on_click=lambda: st.session_state.pop(state.REVIEW_SELECTION, None))
     ranking = data.ranking(method)
     ranks = data.ranks(method)
     q = ranking.copy()
     q["label"] = given[q["index"]]
     q["status"] = status[q["index"]]
-    if tab != "all":
-        q = q[q["status"] == tab]
     if class_filter:
         q = q[q["label"].isin([classes.index(c) for c in class_filter])]
+    if picked:
+        q = q[q["index"].isin(picked)]
     if pair != "any":
         q = q[(pairs.to_numpy()[q["index"]] == pair) & (given[q["index"]] != suggested[q["index"]])]
+    # the tabs count what the filters leave, so a tab's number is the queue it opens
+    counts = {s: int((q["status"] == s).sum()) for s in STATUSES[:3]}
+    counts["all"] = len(q)
+    filtered = bool(class_filter) or pair != "any" or bool(picked)
+    tab = st.radio("Status", STATUSES, horizontal=True, key=K + "status",
+                   format_func=lambda s: f"{s} ({counts[s]})", label_visibility="collapsed",
+                   help="counts within the sidebar's filters" if filtered else None)
+    if tab != "all":
+        q = q[q["status"] == tab]
 
     if K + "error" in st.session_state:
         st.error(md_escape(st.session_state.pop(K + "error")))
@@ -193,11 +240,13 @@ def main() -> None:
         ahead = q[q["rank"] <= cursor] if back else q[q["rank"] >= cursor]
         row = (ahead.iloc[-1] if back else ahead.iloc[0]) if not ahead.empty else q.iloc[0]
 
+    if st.session_state.get(K + "advanced"):  # a decision or a step: the next sample from the top
+        st.html(_SCROLL_TOP.format(n=int(st.session_state[K + "advanced"])), unsafe_allow_javascript=True)
     if row is not None:
         _card(run, data, store, row, method, given, suggested, classes, ranks, current, len(q), q)
 
     _progress(run, data, store, status, given, classes, method)
-    _export(run, store, given, run_name)
+    export_panel(run, store, given, run_name)
 
 
 def _card(run, data: MislabelData, store, row, method, given, suggested, classes, ranks, current, q_len, q) -> None:
@@ -266,7 +315,6 @@ def _why(run, data: MislabelData, i, method, classes) -> None:
     inf = _influence_method(data, method)
     tr_img, te_img = run.array(TRAIN_IMAGES), run.array(TEST_IMAGES)
     labels = data.table["label"].to_numpy()
-    names = [md_escape(c) for c in classes]
     tests = run.test_samples()
     k = 6
     a, b = st.columns(2)
@@ -275,20 +323,35 @@ def _why(run, data: MislabelData, i, method, classes) -> None:
         hurt_s = np.asarray(run.method_array(inf, TRAIN_TOP_HURT_SCORES)[i][:k])
         st.caption(f"Test points it hurts most ({md_escape(inf)}; negative = raises their loss)")
         st.image([_image(te_img[j], 72) for j in hurt], width=72,
-                 caption=[f"t{j} y={names[int(tests.loc[j, 'label'])]} p={names[int(tests.loc[j, 'pred'])]} "
-                          f"{v:.2g}" for j, v in zip(hurt, hurt_s, strict=True)])
+                 caption=[evidence_caption("test", int(j), classes[int(tests.loc[j, "label"])], float(v),
+                                           pred=classes[int(tests.loc[j, "pred"])])
+                          for j, v in zip(hurt, hurt_s, strict=True)])
         nb = data.embedding_neighbors(i, k)
         st.caption("Nearest neighbours in the embedding (given labels)")
-        st.image([_image(tr_img[j], 72) for j in nb], width=72, caption=[f"#{j} {names[labels[j]]}" for j in nb])
+        st.image([_image(tr_img[j], 72) for j in nb], width=72,
+                 caption=[evidence_caption("train", int(j), classes[labels[j]]) for j in nb])
     with b:
         pro, pro_s = (np.asarray(x[i][:k]) for x in data.proponents)
         opp, opp_s = (np.asarray(x[i][:k]) for x in data.opponents)
         st.caption("Strongest proponents among training samples (support this label)")
         st.image([_image(tr_img[j], 72) for j in pro], width=72,
-                 caption=[f"#{j} {names[labels[j]]} {v:.2g}" for j, v in zip(pro, pro_s, strict=True)])
+                 caption=[evidence_caption("train", int(j), classes[labels[j]], float(v))
+                          for j, v in zip(pro, pro_s, strict=True)])
         st.caption("Strongest opponents (fight this label)")
         st.image([_image(tr_img[j], 72) for j in opp], width=72,
-                 caption=[f"#{j} {names[labels[j]]} {v:.2g}" for j, v in zip(opp, opp_s, strict=True)])
+                 caption=[evidence_caption("train", int(j), classes[labels[j]], float(v))
+                          for j, v in zip(opp, opp_s, strict=True)])
+
+
+def evidence_caption(split: str, index: int, label: str, score: float | None = None, pred: str | None = None) -> str:
+    """An evidence image's caption, every value named: ``test #233 · true 0 · pred 0 · score -55``
+    (plain text: ``st.image`` captions render markdown, so cache strings are escaped)."""
+    parts = [f"{split} #{index}", f"{'true' if split == 'test' else 'label'} {md_escape(label)}"]
+    if pred is not None:
+        parts.append(f"pred {md_escape(pred)}")
+    if score is not None:
+        parts.append(f"score {score:+.2g}")
+    return " · ".join(parts)
 
 
 def _progress(run, data: MislabelData, store, status, given, classes, method) -> None:
@@ -316,40 +379,3 @@ def _progress(run, data: MislabelData, store, status, given, classes, method) ->
                        "the top 10% (ground truth from injected noise; not shown on the cards)")
         else:
             st.caption("No ground truth in this run (no injected label noise): detection curves are not shown.")
-
-
-def _export(run, store, given, run_name) -> None:
-    with st.expander("Export / import decisions"):
-        c1, c2, c3 = st.columns(3)
-        c1.download_button("Decisions CSV", store.export_csv(), file_name=f"{run_name}.decisions.csv",
-                           mime="text/csv", key=K + "dl_csv")
-        c2.download_button("Decisions JSON", store.export_json(), file_name=f"{run_name}.decisions.json",
-                           mime="application/json", key=K + "dl_json")
-        cleaned = store.cleaned_labels(given).to_csv(index=False)
-        c3.download_button("Cleaned labels CSV", cleaned, file_name=f"{run_name}.cleaned_labels.csv",
-                           mime="text/csv", key=K + "dl_clean")
-        target = cache_dir() / f"{run_name}.cleaned_labels.csv"
-        if st.button("Save cleaned labels beside the cache", key=K + "save_clean"):
-            try:
-                store.write_cleaned_labels(target, given)
-                st.success(f"wrote {md_code(target)}")
-            except OSError as exc:
-                st.error(md_escape(f"{target.name}: cannot write ({exc.strerror or exc}); download the file instead"))
-        st.code(f"influence-explorer precompute --config <run config> --name {run_name}-cleaned "
-                f"--labels-override {target}", language="bash")
-        up = st.file_uploader("Import decisions (CSV or JSON export)", type=["csv", "json"], key=K + "upload")
-        if up is not None and st.button("Import", key=K + "import"):
-            _import(store, up.getvalue(), up.name, run.n_train, len(run.class_names))
-
-
-def _import(store: AnnotationStore, data: bytes, name: str, n_train: int, n_classes: int) -> None:
-    """Import an uploaded export, parsed in memory: its file name only picks CSV or JSON and is shown
-    in messages; no path is ever built from it."""
-    try:
-        st.success(f"imported {store.import_bytes(data, name, n_train=n_train, n_classes=n_classes)} new rows")
-    except AnnotationError as exc:
-        st.error(md_escape(exc))
-    except Exception as exc:  # noqa: BLE001 - sqlite3 errors (e.g. locked for longer than the timeout)
-        st.error(md_escape(f"{name}: import stopped ({type(exc).__name__}: {exc}); rows already written are "
-                           "kept, import the file again to add the rest"))
-
