@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +34,17 @@ def _damping(value: str):
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, 'auto' or 'from-eval[:RUN]' (got {value!r})") from None
+
+
+def _pairs(value: str) -> list[list[int]]:
+    """``1:7,3:8`` -> ``[[1, 7], [3, 8]]``."""
+    try:
+        pairs = [[int(v) for v in p.split(":")] for p in _csv(value)]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"expected class pairs like 1:7,3:8 (got {value!r})")
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--topk", type=int, help="top-k proponents/opponents stored per test point")
     pre.add_argument("--label-noise", type=float, help="fraction of training labels to flip (e.g. 0.1)")
     pre.add_argument("--noise-seed", type=int, help="seed for the label flips")
+    pre.add_argument("--noise-kind", choices=["symmetric", "pairs", "class-conditional"],
+                     help="symmetric: to a random other class; pairs: within confusable class pairs; "
+                     "class-conditional: by a transition matrix (docs/mislabels.md)")
+    pre.add_argument("--noise-pairs", type=_pairs, metavar="A:B,...", help="class pairs for --noise-kind pairs, "
+                     "e.g. 1:7,3:8 (default: the most confused pairs of a nearest-centroid classifier)")
+    pre.add_argument("--noise-matrix", metavar="FILE.npy", help="[C, C] matrix for --noise-kind class-conditional: "
+                     "row i weights where flipped labels of class i go (default: a nearest-centroid confusion matrix)")
     pre.add_argument("--labels-override", metavar="FILE",
                      help="CSV index,label of training labels to use (e.g. cleaned labels exported by the review page)")
     pre.add_argument("--no-mislabels", dest="mislabels", action="store_false", default=None,
@@ -116,6 +136,7 @@ def _load_run_config(args: argparse.Namespace):
         "train.lr": args.lr, "train.optimizer": args.optimizer, "train.weight_decay": args.weight_decay,
         "train.seed": args.seed, "influence.damping": args.damping, "influence.params": args.params,
         "influence.topk": args.topk, "data.label_noise": args.label_noise, "data.noise_seed": args.noise_seed,
+        "data.noise_kind": args.noise_kind, "data.noise_pairs": args.noise_pairs, "data.noise_matrix": args.noise_matrix,
         "data.labels_override": args.labels_override, "mislabels.enabled": args.mislabels,
         "mislabels.folds": args.mislabel_folds, "mislabels.detector": args.mislabel_detector,
         "device": args.device, "memory_budget": args.memory_budget, "chunk_rows": args.chunk_rows,
@@ -157,7 +178,7 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     for stage, secs in result.timings.items():
         print(f"    {stage:<22} {secs:8.2f} s")
     print(f"  peak memory (RSS): {result.peak_rss_mb:.0f} MB")
-    print(f"open it with: influence-explorer app --cache-dir {Path(result.path).parent}")
+    print(f"open it with: influence-explorer app --cache-dir {shlex.quote(str(Path(result.path).parent))}")
     return 0
 
 
@@ -209,8 +230,16 @@ def cmd_app(args: argparse.Namespace) -> int:
     return st_cli.main()
 
 
+def _on_sigterm(_signum, _frame) -> None:
+    from precompute.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("precompute", "evaluate"):  # unwind like Ctrl-C: partial folders are removed
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "precompute":
             return cmd_precompute(args)
@@ -224,7 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     except InfluenceExplorerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from precompute.errors import Terminated
+
+        if isinstance(exc, Terminated):
+            print(f"error: terminated (SIGTERM); no {'run' if args.command == 'precompute' else 'result'} was "
+                  "written (completed gradient-store chunks are kept: rerun to resume)", file=sys.stderr)
+            return 143
         print("error: interrupted; no run was written (completed gradient-store chunks are kept: rerun to resume)",
               file=sys.stderr)
         return 130

@@ -15,6 +15,8 @@ from typing import Any
 import tomllib
 
 from cache_format.names import is_safe_name
+from precompute.config_paths import file_sha256, resolve_relative_paths
+from precompute.config_types import check_types
 from precompute.errors import ConfigError
 
 ARCHITECTURES = ("logreg", "mlp", "cnn")
@@ -24,6 +26,15 @@ DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
 STORE_SCORES = ("auto", "dense", "topk")  # auto: the dense [n_test, n_train] matrix only under a size budget
 STORE_DTYPES = ("auto", "float16", "float32", "float64")  # auto: the dtype of the method's factors
+NOISE_KINDS = ("symmetric", "pairs", "class_conditional")  # data.noise_kind
+#: label-noise keys left out of a run's identity while at these defaults (runs made before they existed match)
+NOISE_DEFAULTS = {"noise_kind": "symmetric", "noise_pairs": None, "noise_n_pairs": 4, "noise_matrix": None,
+                  "noise_matrix_sha256": None}
+
+
+#: largest image side and pixel count a model input may have (data.image_size, or the images' own size)
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 def _check(cond: bool, key: str, msg: str, value: Any) -> None:
@@ -44,7 +55,8 @@ class DataConfig:
 
     ``source``: ``"digits"`` (scikit-learn's bundled handwritten digits, 1,797 8x8 images),
     ``"image_folder"`` (``path/<split>/<class>/*.png`` or ``path/<class>/*`` split by
-    ``test_fraction``; converted to ``image_mode`` and ``image_size`` [height, width]; corrupt files
+    ``test_fraction``; converted to ``image_mode`` and ``image_size`` [height, width], at most 4096 a
+    side; files over 50 M pixels are treated as corrupt; symlinks out of ``path`` are refused; corrupt files
     skipped with a count or fatal per ``on_corrupt``), ``"table"`` (CSV/parquet at ``path`` with
     ``label_column`` and numeric ``feature_columns``, default all others; a ``split`` column is used
     if present), ``"npz"`` (an ``.npz`` or a folder of ``.npy`` files ``X_train, y_train, X_test,
@@ -53,8 +65,13 @@ class DataConfig:
     ``(x, y)``; see :mod:`precompute.data.factory`). Image folders and factories are read lazily,
     a batch at a time, through a ``DataLoader`` with ``workers`` processes (0: in the main process).
     ``class_names`` fixes the class order (and the allowed labels).
-    ``label_noise`` flips that fraction of *training* labels to a random other class (seeded by
-    ``noise_seed``); the flipped set is recorded as ground truth for mislabel detection.
+    ``label_noise`` flips that fraction of *training* labels (seeded by ``noise_seed``); the flipped
+    set is recorded as ground truth for mislabel detection. ``noise_kind``: ``symmetric`` (to a
+    random other class), ``pairs`` (that share of each class of ``noise_pairs`` [[a, b], ...] flips to
+    its partner; without pairs, the ``noise_n_pairs`` most confused pairs of a nearest-centroid
+    classifier on the clean training split) or ``class_conditional`` (that share of each class flips
+    to the other classes in proportion to the rows of ``noise_matrix`` [C, C], a list of rows or a
+    ``.npy`` path; without one, the nearest-centroid confusion matrix). See docs/mislabels.md.
     ``labels_override`` is a CSV ``index,label`` (e.g. the review page's cleaned labels) applied to
     the training labels after any noise; ``labels_override_sha256`` is filled in by ``validate()``
     so that a changed file changes the run's identity (and triggers a rebuild).
@@ -65,6 +82,11 @@ class DataConfig:
     split_seed: int = 0
     label_noise: float = 0.0
     noise_seed: int = 0
+    noise_kind: str = "symmetric"
+    noise_pairs: list[list[int]] | None = None
+    noise_n_pairs: int = 4
+    noise_matrix: list[list[float]] | str | None = None
+    noise_matrix_sha256: str | None = None
     labels_override: str | None = None
     labels_override_sha256: str | None = None
     path: str | None = None
@@ -75,6 +97,7 @@ class DataConfig:
     feature_columns: list[str] | None = None
     class_names: list[str] | None = None
     factory: str | None = None
+    factory_sha256: str | None = None  # of the datasets file (filled in by validate(); evaluate checks it)
     workers: int = 0
 
     def validate(self) -> None:
@@ -88,6 +111,7 @@ class DataConfig:
             file, func = self.factory.rsplit(":", 1)
             _check(Path(file).is_file(), "data.factory", "file not found; point it at your datasets file", self.factory)
             self.factory = f"{Path(file).resolve()}:{func}"
+            self.factory_sha256 = file_sha256(file)
         elif self.source not in ("digits", "python"):
             _check(bool(self.path), "data.path", f"is required for source {self.source!r}", self.path)
             _check(Path(str(self.path)).exists(), "data.path", "does not exist; point it at your data", self.path)
@@ -96,9 +120,14 @@ class DataConfig:
         _check(self.image_size is None or (isinstance(self.image_size, list) and len(self.image_size) == 2
                                            and all(isinstance(v, int) and v > 0 for v in self.image_size)),
                "data.image_size", "must be [height, width] in pixels", self.image_size)
+        _check(self.image_size is None or (max(self.image_size) <= MAX_IMAGE_SIDE
+                                           and self.image_size[0] * self.image_size[1] <= MAX_IMAGE_PIXELS),
+               "data.image_size", f"must be at most {MAX_IMAGE_SIDE} pixels a side (each image becomes a model "
+               "input of that size; resize to what the model needs)", self.image_size)
         _check(self.on_corrupt in ("error", "skip"), "data.on_corrupt", "must be \"error\" or \"skip\"", self.on_corrupt)
         _check(0.0 < self.test_fraction < 1.0, "data.test_fraction", "must be in (0, 1)", self.test_fraction)
         _check(0.0 <= self.label_noise < 1.0, "data.label_noise", "must be in [0, 1)", self.label_noise)
+        self._validate_noise()
         if self.labels_override is not None:
             import hashlib
 
@@ -110,6 +139,49 @@ class DataConfig:
             self.labels_override_sha256 = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         else:
             self.labels_override_sha256 = None
+
+
+    def _validate_noise(self) -> None:
+        """``noise_kind`` and its pairs/matrix (class ranges are checked against the data when it is loaded)."""
+        if isinstance(self.noise_kind, str):
+            self.noise_kind = self.noise_kind.replace("-", "_")
+        _check(self.noise_kind in NOISE_KINDS, "data.noise_kind", f"must be one of {list(NOISE_KINDS)}",
+               self.noise_kind)
+        _check(isinstance(self.noise_n_pairs, int) and not isinstance(self.noise_n_pairs, bool)
+               and self.noise_n_pairs >= 1, "data.noise_n_pairs", "must be an integer >= 1", self.noise_n_pairs)
+        if self.noise_pairs is not None:
+            _check(self.noise_kind == "pairs", "data.noise_pairs", "needs data.noise_kind = \"pairs\" "
+                   "(--noise-kind pairs)", self.noise_pairs)
+            ok = isinstance(self.noise_pairs, list) and bool(self.noise_pairs) and all(
+                isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                  and v >= 0 for v in p) and p[0] != p[1]
+                for p in self.noise_pairs)
+            _check(ok, "data.noise_pairs", "must be pairs of two different class indices, e.g. [[1, 7], [3, 8]] "
+                   "(--noise-pairs 1:7,3:8)", self.noise_pairs)
+            flat = [v for p in self.noise_pairs for v in p]
+            _check(len(set(flat)) == len(flat), "data.noise_pairs", "must not share a class between pairs",
+                   self.noise_pairs)
+            self.noise_pairs = [[int(a), int(b)] for a, b in self.noise_pairs]
+        self.noise_matrix_sha256 = None
+        if self.noise_matrix is not None:
+            _check(self.noise_kind == "class_conditional", "data.noise_matrix", "needs data.noise_kind = "
+                   "\"class_conditional\" (--noise-kind class-conditional)", self.noise_matrix)
+            if isinstance(self.noise_matrix, str):
+                import hashlib
+
+                p = Path(self.noise_matrix)
+                if not p.is_file():
+                    raise ConfigError(f"{p}: noise matrix file not found; pass an existing .npy file to "
+                                      "--noise-matrix (or data.noise_matrix)")
+                self.noise_matrix = str(p.resolve())
+                self.noise_matrix_sha256 = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            else:
+                ok = isinstance(self.noise_matrix, list) and bool(self.noise_matrix) and all(
+                    isinstance(r, list) and len(r) == len(self.noise_matrix)
+                    and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                            for v in r) for r in self.noise_matrix)
+                _check(ok, "data.noise_matrix", "must be a square list of rows of numbers >= 0 (one per class) "
+                       "or a .npy path", self.noise_matrix)
 
 
 @dataclass
@@ -129,6 +201,10 @@ class ModelConfig:
     factory: str | None = None
     checkpoint: str | list[str] | None = None
     checkpoint_lrs: list[float] | None = None
+    #: sha256 of each checkpoint file and of the factory file, filled in by ``validate()``: changed
+    #: weights or model code change the run's identity (never "up to date"); evaluate checks them
+    checkpoint_sha256: list[str] | None = None
+    factory_sha256: str | None = None
 
     @property
     def checkpoints(self) -> list[str]:
@@ -149,6 +225,9 @@ class ModelConfig:
             path, func = self.factory.rsplit(":", 1)
             self.factory = f"{Path(path).resolve()}:{func}"
             self.checkpoint = [str(Path(c).resolve()) for c in self.checkpoints]
+            self.checkpoint_sha256 = [file_sha256(c) for c in self.checkpoint]
+            _check(Path(path).is_file(), "model.factory", "file not found; point it at your model file", self.factory)
+            self.factory_sha256 = file_sha256(path)
         _check(self.arch in ARCHITECTURES, "model.arch", f"must be one of {list(ARCHITECTURES)}", self.arch)
         _check(all(isinstance(h, int) and h > 0 for h in self.hidden), "model.hidden",
                "must be a list of positive integers", self.hidden)
@@ -300,6 +379,11 @@ class RunConfig:
         _check(self.chunk_rows is None or (isinstance(self.chunk_rows, int) and not isinstance(self.chunk_rows, bool)
                                            and self.chunk_rows >= 1), "chunk_rows", "must be an integer >= 1",
                self.chunk_rows)
+        check_types(RunConfig, {k: getattr(self, k) for k in ("name", "device", "memory_budget", "chunk_rows")}, "",
+                    "config")
+        for key in ("data", "model", "train", "influence", "embedding", "mislabels"):
+            sub = getattr(self, key)  # types first (configs built in Python skip from_dict's check)
+            check_types(type(sub), {f.name: getattr(sub, f.name) for f in fields(sub)}, f"{key}.", "config")
         for sub in (self.data, self.model, self.train, self.influence, self.embedding, self.mislabels):
             sub.validate()
         return self
@@ -313,6 +397,12 @@ class RunConfig:
         for key in NOT_IDENTITY:
             d.pop(key)
         d["data"].pop("workers", None)  # how many loader processes read the data: never the result
+        for sec, key in (("model", "checkpoint_sha256"), ("model", "factory_sha256"), ("data", "factory_sha256")):
+            if d[sec].get(key) is None:  # only runs of a user's model / datasets file have them
+                d[sec].pop(key, None)
+        for key, default in NOISE_DEFAULTS.items():
+            if d["data"].get(key) == default:
+                d["data"].pop(key, None)
         return d
 
     @classmethod
@@ -331,8 +421,10 @@ class RunConfig:
                 for sub in value:
                     if sub not in known:
                         raise ConfigError(f"{source}: unknown key {key}.{sub!r}; known keys: {sorted(known)}")
+                check_types(sections[key], value, f"{key}.", source)
                 kwargs[key] = sections[key](**value)
             else:
+                check_types(cls, {key: value}, "", source)
                 kwargs[key] = value
         return cls(**kwargs)
 
@@ -346,6 +438,7 @@ def load_config(path: str | Path) -> RunConfig:
         raw = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: not valid TOML ({exc}); fix the syntax") from None
+    resolve_relative_paths(raw, p.resolve().parent)
     return RunConfig.from_dict(raw, source=str(p))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 import time
-import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,8 +17,8 @@ from tqdm.auto import tqdm
 
 from cache_format import names as fmt
 from precompute.cache import CacheWriter
-from precompute.cache.writer import existing_run_status
-from precompute.config import RunConfig
+from precompute.cache.writer import check_same_data, existing_run_status
+from precompute.config import RunConfig, file_sha256
 from precompute.data import SplitDataset, load_dataset
 from precompute.data.display import write_display
 from precompute.data.source import as_model_input
@@ -90,8 +89,10 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     check_influence_config(cfg.influence)
     run_dir = Path(run_dir) if run_dir else Path(cache_dir) / cfg.name
     identity = cfg.identity()
-    if not overwrite and existing_run_status(run_dir, identity) == "same":
-        log(f"{run_dir} is up to date (same config); nothing to do. Pass --overwrite to rebuild.")
+    if existing_run_status(run_dir, identity, overwrite=overwrite) == "same":
+        # same config: also the same data? (weights of a user's checkpoint are in the config: model.checkpoint_sha256)
+        check_same_data(run_dir, (dataset if dataset is not None else load_dataset(cfg.data)).fingerprint())
+        log(f"{run_dir} is up to date (same config and data); nothing to do. Pass --overwrite to rebuild.")
         return PrecomputeResult(path=run_dir, skipped=True)
     estimators = {m: get_estimator(m, cfg.influence.options.get(m)) for m in cfg.influence.methods}
     device = resolve_device(cfg.device)
@@ -128,7 +129,8 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                 with stages.stage("train"):
                     bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
                     trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
-                        bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")))
+                        bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")),
+                        record_trajectory="data_value_embedding" in cfg.influence.methods)
                     bar.close()
                     model.eval()
             check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)
@@ -145,7 +147,7 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
             task = InfluenceTask(model=model, space=space, x_train=x_tr, y_train=y_tr,
                                  weight_decay=cfg.train.weight_decay, damping=cfg.influence.damping,
                                  checkpoints=trained.checkpoints, batch_size=cfg.influence.train_batch_size,
-                                 compressor=compressor)
+                                 compressor=compressor, trajectory=trained.trajectory)
             fingerprints = (model_fingerprint(model), ds.fingerprint())
             method_info: dict[str, Any] = {}
             for name, est in estimators.items():
@@ -165,7 +167,9 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
 
                     self_inf = {m: np.load(writer.path(f"{fmt.METHODS_DIR}/{m}/{fmt.SELF_INFLUENCE}.npy"))
                                 for m in estimators}
-                    mislabel_info = run_mislabel_stage(cfg, ds, model, outputs, self_inf, writer, device, log)
+                    mislabel_info = run_mislabel_stage(cfg, ds, model, outputs, self_inf, writer, device, log,
+                                                       checkpoints=trained.checkpoints, work_root=work.root,
+                                                       budget=budget)
 
             with stages.stage("embedding"):
                 emb = _umap(outputs["features"], cfg)
@@ -177,8 +181,12 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                          "test": write_display(writer, fmt.TEST_IMAGES, ds.images_test)}
                 writer.save_parquet(fmt.SAMPLES, _samples_frame(ds, outputs, texts))
             stages.timings["total"] = round(time.perf_counter() - t_start, 3)
-            manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device)
+            manifest = _manifest(cfg, ds, model, space, trained, outputs, method_info, stages.timings, device,
+                                 [file_sha256(writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
+                                  for i in range(len(trained.checkpoints))])
             manifest["dataset"]["labels_override"] = ds.extra.get("labels_override")
+            if "label_noise" in ds.extra:
+                manifest["dataset"]["noise"] = ds.extra["label_noise"]  # kind, pairs/matrix used, n_flipped
             if mislabel_info is not None:
                 manifest["mislabels"] = mislabel_info
             manifest["memory_budget_bytes"] = budget
@@ -212,15 +220,11 @@ def _predictions(model, x_tr, y_tr, x_te, y_te, batch_size: int = 1024) -> dict[
 
 
 def _umap(features: np.ndarray, cfg: RunConfig) -> np.ndarray:
-    """2-D UMAP of standardised features ``[n_train + n_test, d] -> [n_train + n_test, 2]``."""
-    import umap  # imported late: slow import, and JIT compiles on first use
+    """2-D UMAP of standardised features ``[n_train + n_test, d] -> [n_train + n_test, 2]`` (exact kNN
+    graph, compiled code cached on disk: see precompute.embedding)."""
+    from precompute.embedding import umap_embedding  # imported late: umap is a slow import
 
-    f = (features - features.mean(0)) / (features.std(0) + 1e-8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reducer = umap.UMAP(n_neighbors=min(cfg.embedding.n_neighbors, len(f) - 1), min_dist=cfg.embedding.min_dist,
-                            random_state=cfg.embedding.seed, n_components=2)
-        return reducer.fit_transform(f).astype(np.float32)
+    return umap_embedding(features, cfg.embedding.n_neighbors, cfg.embedding.min_dist, cfg.embedding.seed)
 
 
 def _samples_frame(ds: SplitDataset, outputs: dict[str, Any],
@@ -252,7 +256,8 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info, timings, device) -> dict[str, Any]:
+def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info, timings, device,
+              ckpt_sha256: list[str]) -> dict[str, Any]:
     import numpy
     import sklearn
 
@@ -279,8 +284,8 @@ def _manifest(cfg, ds, model, space, trained: TrainResult, outputs, method_info,
             "influence_params": space.names, "fingerprint": model_fingerprint(model),
             "train_accuracy": train_acc, "test_accuracy": test_acc, "train_loss": train_loss, "test_loss": test_loss,
             "history": trained.history,
-            "checkpoints": [{"path": f"checkpoints/checkpoint_{i:02d}.pt", "epoch": c.epoch, "lr": c.lr}
-                            for i, c in enumerate(trained.checkpoints)],
+            "checkpoints": [{"path": f"checkpoints/checkpoint_{i:02d}.pt", "epoch": c.epoch, "lr": c.lr,
+                             "sha256": ckpt_sha256[i]} for i, c in enumerate(trained.checkpoints)],
         },
         "methods": method_info,
         "timings": timings,

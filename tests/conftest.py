@@ -13,10 +13,13 @@ from sample_data import sample_config_path
 
 def build_sample_run(cache_dir: Path, sample: str, **overrides) -> Path:
     """Run the real precompute on a bundled sample (optionally with dotted overrides); return the run dir."""
+    from helpers import build_threads
+
     from precompute.config import apply_overrides
 
     cfg = apply_overrides(load_config(sample_config_path(sample)), overrides)
-    result = run_precompute(cfg, cache_dir=cache_dir, progress=False, log=lambda _m: None)
+    with build_threads():
+        result = run_precompute(cfg, cache_dir=cache_dir, progress=False, log=lambda _m: None)
     return result.path
 
 

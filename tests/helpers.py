@@ -23,6 +23,22 @@ def copy_run(run: Path, dst: Path) -> Path:
     return out
 
 
+#: torch's intra-op thread count at session start: every session run is built with it, so a rebuild
+#: later in the session (whatever thread count the test before it left) gives bit-identical weights
+BUILD_THREADS = torch.get_num_threads()
+
+
+@contextmanager
+def build_threads() -> Iterator[None]:
+    """Build runs with :data:`BUILD_THREADS` threads (float reductions depend on the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run faster on one intra-op thread; restores the previous setting afterwards."""

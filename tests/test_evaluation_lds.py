@@ -181,7 +181,10 @@ def test_rebuilding_a_run_with_overwrite_keeps_its_ground_truth(lds_run, tmp_pat
     cfg = apply_overrides(load_config(sample_config_path("digits-logreg")),
                           {"mislabels.enabled": False, "influence.methods": ["exact", "gradcos"]})
     cfg.name = run.name
-    run_precompute(cfg, cache_dir=run.parent, overwrite=True, progress=False, log=lambda _m: None)
+    from helpers import build_threads
+
+    with build_threads():  # the same thread count as the session's build: the same model bits
+        run_precompute(cfg, cache_dir=run.parent, overwrite=True, progress=False, log=lambda _m: None)
     assert json.loads((run / "manifest.json").read_text())["config"]["influence"]["methods"] == ["exact", "gradcos"]
     assert not (run / "evaluation" / "results.json").exists()  # it scored the replaced run
     res = evaluate_run(run, only_lds(methods=("exact", "gradcos")), **QUIET)

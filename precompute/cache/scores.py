@@ -10,10 +10,15 @@ are kept: memory is ``O((n_test + n_train) k)``, never ``n_test x n_train``.
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from cache_format import names as fmt
 from precompute.cache.writer import CacheWriter
+
+#: the dense score memmap is flushed and its pages released after this many bytes of tiles
+RELEASE_BYTES = 64 << 20
 
 
 def select_topk(keys: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -77,6 +82,16 @@ class ScoreWriter:
         self.hurt_idx = np.full((n_train, self.k_col), -1, np.int32)
         self.hurt_val = np.full((n_train, self.k_col), np.inf, np.float32)
         self.covered = np.zeros(n_test, np.int64)  # columns seen per row
+        self._unflushed = 0
+
+    def _release(self) -> None:
+        """Write the dense memmap's dirty pages to disk and drop them from this process's resident set
+        (a mapped file's pages count in RSS: a 50k x 10k matrix would otherwise add 2 GB)."""
+        self.scores.flush()
+        mm = getattr(self.scores, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+        self._unflushed = 0
 
     def write_rows(self, start: int, block: np.ndarray) -> None:
         """Store full rows ``start:start+b`` (``block [b, n_train]``)."""
@@ -91,6 +106,9 @@ class ScoreWriter:
             raise FloatingPointError(f"{self.method}: {bad} non-finite scores in test rows {r0}:{r1}")
         if self.scores is not None:
             self.scores[r0:r1, c0:c1] = tile
+            self._unflushed += tile.nbytes
+            if self._unflushed >= RELEASE_BYTES:
+                self._release()
         cols = np.broadcast_to(np.arange(c0, c1, dtype=np.int32), tile.shape)
         rs = slice(r0, r1)
         self.top_pro[rs], self.top_pro_s[rs] = _merge(self.top_pro[rs], self.top_pro_s[rs], cols, tile, self.k_row, True)
@@ -112,7 +130,7 @@ class ScoreWriter:
                                "training sample exactly once")
         w, m = self.writer, self.method
         if self.scores is not None:
-            self.scores.flush()
+            self._release()
             self.scores = None
         w.save_array(fmt.TOP_PROPONENTS, self.top_pro, m)
         w.save_array(fmt.TOP_PROPONENT_SCORES, self.top_pro_s, m)

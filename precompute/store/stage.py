@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +60,9 @@ def run_method(name: str, est: InfluenceEstimator, task: InfluenceTask, x_test: 
                progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Run one method end to end into ``writer``; returns its manifest entry."""
     n_test, n_train = len(x_test), task.n_train
+    clock = time.perf_counter()
     est.fit(task)
+    timings = {"fit": time.perf_counter() - clock}
     probe = est.train_factors(task.x_train[:1], task.y_train[:1])
     width = int(probe.shape[1])
     dtype = str(probe.dtype).replace("torch.", "") if store_dtype == "auto" else store_dtype
@@ -75,18 +78,28 @@ def run_method(name: str, est: InfluenceEstimator, task: InfluenceTask, x_test: 
         bar.update(n_rows)
         _after_chunk()
 
+    clock = time.perf_counter()
     computed = store.fill(train_factor_fn(est, task, train_batch), on_chunk)
+    timings["train_factors"] = time.perf_counter() - clock
     if already:
         log(f"[{name}] resumed: {already} of {spec.n_chunks} store chunks were complete; computed chunks "
             f"{_ranges(computed)}")
     dense = dense_scores(store_scores, n_test, n_train, budget)
     sink = ScoreWriter(writer, name, n_test, n_train, topk, dense=dense)
+    clock = time.perf_counter()
     score_against_store(est, store, x_test, y_test, sink, test_batch, tick=bar.update)
+    timings["test_scores"] = time.perf_counter() - clock
     bar.close()
-    sink.close(self_influence_from_store(est, task, store, train_batch))
+    clock = time.perf_counter()
+    self_inf = self_influence_from_store(est, task, store, train_batch)
+    timings["self_influence"] = time.perf_counter() - clock
+    sink.close(self_inf)
     used_compression = task.compressor is not None and est.capabilities.compressed_store
-    return {"config": est.config.to_dict(), "damping": est.damping_for(task), "summary": est.summary,
-            "fit": est.fit_info(), "topk": sink.k_row, "scores": "dense" if dense else "topk",
+    # a method without damping never resolves "auto" (a Hutchinson trace: 32 HVPs over the training set)
+    damping = est.damping_for(task) if est.capabilities.damping is not None else None
+    return {"config": est.config.to_dict(), "damping": damping, "summary": est.summary,
+            "fit": est.fit_info(), "timings": {k: round(v, 3) for k, v in timings.items()},
+            "topk": sink.k_row, "scores": "dense" if dense else "topk",
             "store": {"width": width, "dtype": dtype, "chunk_rows": rows, "chunks": spec.n_chunks,
                       "chunks_computed": len(computed), "bytes": store.nbytes},
             "compression": task.compressor.summary() if used_compression and hasattr(task.compressor, "summary")
