@@ -114,12 +114,14 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
             if model is not None:
                 model = model.to(device=device, dtype=dtype).eval()
                 check_output_size(model, x_te, ds.n_classes, "the model")
+                check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)
                 ckpts = checkpoints or [Checkpoint(epoch=1, lr=1.0, state_dict=_state(model))]
                 trained = TrainResult(checkpoints=ckpts)
             elif cfg.model.factory:
                 with stages.stage("load model"):
                     model, states = load_user_model(cfg.model.factory, cfg.model.checkpoints, x_te[:1].cpu(), ds.n_classes)
                     model = model.to(device=device, dtype=dtype).eval()
+                    check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)
                     lrs = cfg.model.checkpoint_lrs or [1.0] * len(states)
                     trained = TrainResult(checkpoints=[Checkpoint(epoch=i + 1, lr=lr, state_dict=st)
                                                        for i, (st, lr) in enumerate(zip(states, lrs, strict=True))])
@@ -133,7 +135,6 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                         record_trajectory="data_value_embedding" in cfg.influence.methods)
                     bar.close()
                     model.eval()
-            check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)
             for i, ck in enumerate(trained.checkpoints):
                 torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
 
