@@ -1,4 +1,5 @@
-"""Pure plotly figure builders (no Streamlit): the embedding map, its overlay, class probabilities.
+"""Pure plotly figure builders (no Streamlit): the embedding map, its overlay, the points of the
+thumbnail strip beside it (plotly cannot show an image in a hover label), class probabilities.
 
 Sample ids are *global*: ``0..n_train-1`` are training samples, ``n_train + j`` is test sample ``j``
 (the row order of the cached embedding). Every point carries ``customdata = [global_id, index]``,
@@ -24,6 +25,7 @@ from components.colors import DIVERGING, NEUTRAL, OPPONENT, PROPONENT, class_col
 
 STAR_COLOR = "#ffc400"
 OVERLAY_NAMES = ("proponent links", "opponent links", "top-k", "selected")
+PREVIEW_NAME = "thumbnails"
 
 
 def plot_text(value: object) -> str:
@@ -201,6 +203,39 @@ def zoom_box(xy: np.ndarray, ids: Sequence[int], pad: float = 0.15) -> tuple[flo
     w, h = max(x1 - x0, full * 0.02), max(y1 - y0, full * 0.02)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return (cx - w * (0.5 + pad), cx + w * (0.5 + pad), cy - h * (0.5 + pad), cy + h * (0.5 + pad))
+
+
+def nearest_ids(xy: np.ndarray, gid: int, k: int) -> np.ndarray:
+    """The ``k`` points nearest to point ``gid`` on the map (``xy`` ``[n, 2]``), nearest first, itself
+    excluded (``[min(k, n - 1)]`` global ids; ties by id)."""
+    pts = np.asarray(xy, dtype=np.float64)
+    d = ((pts - pts[int(gid)]) ** 2).sum(1)
+    d[int(gid)] = np.inf
+    k = max(0, min(int(k), len(pts) - 1))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    part = np.argpartition(d, k - 1)[:k]
+    return part[np.lexsort((part, d[part]))].astype(np.int64)
+
+
+def preview_ids(ids: Sequence[int], n_train: int, scores: np.ndarray | None = None, limit: int = 8) -> list[int]:
+    """The first ``limit`` samples of a selection to show as thumbnails: most influential first by
+    ``|score|`` when ``scores`` (``[n_train]``) are given (test points after), else in id order."""
+    def key(g: int) -> tuple[float, int]:
+        return (-abs(float(scores[g])) if scores is not None and g < n_train else 0.0, g)
+
+    return sorted({int(g) for g in ids}, key=key)[:max(0, int(limit))]
+
+
+def preview_trace(xy: np.ndarray, ids: Sequence[int], n_train: int) -> go.Scattergl:
+    """The thumbnails' points on the map: a black ring numbered 1..n like the thumbnail strip beside it."""
+    ids = np.asarray(ids, dtype=np.int64)
+    pts = np.asarray(xy)[ids] if len(ids) else np.zeros((0, 2))
+    return go.Scattergl(x=pts[:, 0], y=pts[:, 1], mode="markers+text", name=PREVIEW_NAME, showlegend=False,
+                        text=[str(n + 1) for n in range(len(ids))], textposition="top right",
+                        textfont=dict(size=13, color="black"), customdata=_ids(ids, n_train),
+                        marker=dict(symbol="circle-open", size=14, color="black", line=dict(width=2)),
+                        hovertemplate="thumbnail %{text}: #%{customdata[1]}<extra></extra>")
 
 
 def point_id(customdata: Any) -> int | None:

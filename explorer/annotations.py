@@ -10,8 +10,11 @@ undone; an undo is itself a row (``decision = 'undo'``, ``undoes = <id>``), so n
 deleted or updated.
 
 Decisions: ``keep`` (the given label is right), ``accept`` (take the suggested label),
-``relabel`` (a label the reviewer chose), ``unsure``. ``new_label`` is the label the decision
-assigns (the given label for ``keep``; NULL for ``unsure``).
+``relabel`` (a label the reviewer chose), ``unsure``, ``exclude`` (remove the sample from training).
+``new_label`` is the label the decision assigns (the given label for ``keep``; NULL for ``unsure``
+and ``exclude``). Every decision may carry a free-text ``comment``; the rows of one bulk action share
+a ``batch`` id and are undone together. The schema and its migration from version 1 live in
+:mod:`explorer.decisions_schema`.
 """
 
 from __future__ import annotations
@@ -32,39 +35,23 @@ from cache_format.names import is_safe_name
 from explorer.decisions_schema import (
     DECISIONS,
     EXPORT_FORMAT,
+    MAX_COMMENT,
+    NO_LABEL,
+    SCHEMA_VERSION,
     UNDO,
     AnnotationError,
+    migrate,
 )
 
-SCHEMA_VERSION = 1
 COLUMNS = ("id", "run", "sample_index", "decision", "given_label", "new_label", "reviewer", "created_at",
-           "method", "score", "rank", "undoes")
+           "method", "score", "rank", "undoes", "comment", "batch")
 #: rows written per transaction by an import (a concurrent decision waits for one batch at most)
 IMPORT_BATCH = 500
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    run          TEXT,
-    sample_index INTEGER NOT NULL CHECK (sample_index >= 0),
-    decision     TEXT NOT NULL CHECK (decision IN ('keep', 'accept', 'relabel', 'unsure', 'undo')),
-    given_label  INTEGER,
-    new_label    INTEGER,
-    reviewer     TEXT NOT NULL,
-    created_at   TEXT NOT NULL,
-    method       TEXT,
-    score        REAL,
-    rank         INTEGER,
-    undoes       INTEGER REFERENCES decisions(id)
-);
-CREATE INDEX IF NOT EXISTS decisions_sample ON decisions(sample_index, id);
-CREATE INDEX IF NOT EXISTS decisions_key ON decisions(created_at, reviewer);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
-"""
-
+_INSERT = ("INSERT INTO decisions(run, sample_index, decision, given_label, new_label, reviewer, created_at, "
+           "method, score, rank, comment, batch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 _EFFECTIVE = ("SELECT * FROM decisions WHERE decision != 'undo' "
               "AND id NOT IN (SELECT undoes FROM decisions WHERE undoes IS NOT NULL)")
-
 
 
 def db_path(cache_dir: str | Path, run: str) -> Path:
@@ -124,10 +111,7 @@ class AnnotationStore:
                                   "(keep it: it may hold decisions) and reopen the review page") from None
 
     def _create_schema(self) -> None:
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                self.conn.execute(stmt)
-        self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        migrate(self.conn, self.path)
         self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('created_at', ?)", (now_iso(),))
         if self.run:
             self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('run', ?)", (self.run,))
@@ -160,36 +144,79 @@ class AnnotationStore:
     # ---------------------------------------------------------------------------------- writing
     def record(self, sample_index: int, decision: str, new_label: int | None, reviewer: str,
                given_label: int | None = None, method: str | None = None, score: float | None = None,
-               rank: int | None = None, created_at: str | None = None) -> int:
+               rank: int | None = None, created_at: str | None = None, comment: str | None = None) -> int:
         """Append one decision in its own transaction; returns its row id."""
+        row = self._row(sample_index, decision, new_label, reviewer, given_label, method, score, rank,
+                        created_at, comment, None)
+        with self._write() as c:
+            return int(c.execute(_INSERT, row).lastrowid)
+
+    def record_many(self, samples: Iterable[dict[str, Any]], decision: str, reviewer: str,
+                    comment: str | None = None) -> str:
+        """One bulk action: ``decision`` on every sample (dicts with ``sample_index``, ``new_label`` and
+        optionally ``given_label``, ``method``, ``score``, ``rank``), all rows in ONE transaction (all
+        or none) under a new batch id, which is returned; :meth:`undo_last` retracts them together."""
+        import uuid
+
+        batch = f"bulk-{uuid.uuid4().hex[:12]}"
+        when = now_iso()
+        rows = [self._row(s["sample_index"], decision, s.get("new_label"), reviewer, s.get("given_label"),
+                          s.get("method"), s.get("score"), s.get("rank"), when, comment, batch) for s in samples]
+        if not rows:
+            raise AnnotationError("bulk decision: no samples selected; change the filters so the queue shows some")
+        with self._write() as c:
+            c.executemany(_INSERT, rows)
+        return batch
+
+    def _row(self, sample_index: Any, decision: str, new_label: Any, reviewer: str, given_label: Any,
+             method: str | None, score: Any, rank: Any, created_at: str | None, comment: str | None,
+             batch: str | None) -> tuple:
+        """A checked row for :data:`_INSERT` (the message names the field and the fix)."""
         if decision not in DECISIONS:
             raise AnnotationError(f"decision: {decision!r} is not one of {list(DECISIONS)}")
         if not reviewer or not str(reviewer).strip():
             raise AnnotationError("reviewer: a reviewer name is required; enter your name on the review page")
         if isinstance(sample_index, bool) or int(sample_index) != sample_index or sample_index < 0:
             raise AnnotationError(f"sample_index: {sample_index!r} is not a training sample index (an integer >= 0)")
-        if decision == "unsure":
+        if decision in NO_LABEL:
             new_label = None
         elif new_label is None:
             raise AnnotationError(f"new_label: decision {decision!r} needs the label it assigns")
-        row = (self.run, int(sample_index), decision, _int_or_none(given_label), _int_or_none(new_label),
-               str(reviewer).strip(), created_at or now_iso(), method, _float_or_none(score), _int_or_none(rank))
-        with self._write() as c:
-            cur = c.execute("INSERT INTO decisions(run, sample_index, decision, given_label, new_label, reviewer, "
-                            "created_at, method, score, rank) VALUES (?,?,?,?,?,?,?,?,?,?)", row)
-            return int(cur.lastrowid)
+        comment = (str(comment).strip() or None) if comment is not None else None
+        if comment is not None and len(comment) > MAX_COMMENT:
+            raise AnnotationError(f"comment: {len(comment)} characters, more than {MAX_COMMENT}; shorten it")
+        return (self.run, int(sample_index), decision, _int_or_none(given_label), _int_or_none(new_label),
+                str(reviewer).strip(), created_at or now_iso(), method, _float_or_none(score), _int_or_none(rank),
+                comment, batch)
 
     def undo_last(self, reviewer: str | None = None) -> dict[str, Any] | None:
-        """Retract the latest still-effective decision (of ``reviewer``, if given); returns it, or None."""
+        """Retract the latest still-effective decision (of ``reviewer``, if given) and, when it was part
+        of a bulk action, every still-effective row of that batch; returns the latest one with
+        ``undone`` (how many rows were retracted), or None."""
         with self._write() as c:
             q = _EFFECTIVE + (" AND reviewer = ?" if reviewer else "") + " ORDER BY id DESC LIMIT 1"
             last = c.execute(q, (reviewer,) if reviewer else ()).fetchone()
             if last is None:
                 return None
-            c.execute("INSERT INTO decisions(run, sample_index, decision, reviewer, created_at, undoes) "
-                      "VALUES (?,?,?,?,?,?)", (self.run, last["sample_index"], UNDO, reviewer or last["reviewer"],
-                                               now_iso(), last["id"]))
-            return dict(last)
+            rows = [last]
+            if last["batch"]:
+                rows = c.execute(f"SELECT * FROM ({_EFFECTIVE}) WHERE batch = ? ORDER BY id DESC",
+                                 (last["batch"],)).fetchall()
+            self._undo_rows(c, rows, reviewer)
+            return {**dict(last), "undone": len(rows)}
+
+    def undo_batch(self, batch: str, reviewer: str | None = None) -> int:
+        """Retract every still-effective row of bulk action ``batch`` (one transaction); returns how many."""
+        with self._write() as c:
+            rows = c.execute(f"SELECT * FROM ({_EFFECTIVE}) WHERE batch = ? ORDER BY id DESC", (batch,)).fetchall()
+            self._undo_rows(c, rows, reviewer)
+            return len(rows)
+
+    def _undo_rows(self, c: sqlite3.Connection, rows: list[sqlite3.Row], reviewer: str | None) -> None:
+        when = now_iso()
+        c.executemany("INSERT INTO decisions(run, sample_index, decision, reviewer, created_at, undoes, batch) "
+                      "VALUES (?,?,?,?,?,?,?)", [(self.run, r["sample_index"], UNDO, reviewer or r["reviewer"],
+                                                  when, r["id"], r["batch"]) for r in rows])
 
     # ---------------------------------------------------------------------------------- reading
     def history(self) -> pd.DataFrame:
@@ -209,7 +236,8 @@ class AnnotationStore:
         return int(self.conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
     def status(self, n_train: int) -> np.ndarray:
-        """``'pending'`` / ``'reviewed'`` / ``'unsure'`` for every training index."""
+        """``'pending'`` / ``'reviewed'`` / ``'unsure'`` for every training index (``exclude`` is a
+        decision, so ``'reviewed'``)."""
         out = np.full(n_train, "pending", dtype=object)
         cur = self.current()
         cur = cur[cur["sample_index"] < n_train]
@@ -226,7 +254,14 @@ class AnnotationStore:
         return hist
 
     def export_csv(self, path: str | Path | None = None) -> str:
-        text = self.export_frame().to_csv(index=False)
+        """The history as CSV; text cells that a spreadsheet would run as a formula are quoted with ``'``
+        (reading the export back removes it)."""
+        from explorer.decisions_io import _TEXT_FIELDS, csv_guard
+
+        df = self.export_frame()
+        for col in (c for c in _TEXT_FIELDS if c in df.columns):
+            df[col] = df[col].map(csv_guard)
+        text = df.to_csv(index=False)
         if path is not None:
             atomic_write(path, text)
         return text
@@ -278,10 +313,10 @@ class AnnotationStore:
                     if hit is None:
                         cur = c.execute(
                             "INSERT INTO decisions(run, sample_index, decision, given_label, new_label, reviewer, "
-                            "created_at, method, score, rank, undoes) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            "created_at, method, score, rank, undoes, comment, batch) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             (r.get("run") or self.run, r["sample_index"], r["decision"], r.get("given_label"),
                              r.get("new_label"), r["reviewer"], r["created_at"], r.get("method"), r.get("score"),
-                             r.get("rank"), undoes))
+                             r.get("rank"), undoes, r.get("comment"), r.get("batch")))
                         new_id = int(cur.lastrowid)
                         added += 1
                     else:
@@ -292,12 +327,23 @@ class AnnotationStore:
 
     # ----------------------------------------------------------------------------- cleaned labels
     def cleaned_labels(self, given_labels: Iterable[int]) -> pd.DataFrame:
-        """``index,label`` for every training sample: the current decision's label, else the given one."""
+        """``index,label`` for every training sample: the current decision's label, else the given one
+        (an excluded sample keeps its given label here: see :meth:`excluded`)."""
         labels = np.asarray(list(given_labels), np.int64).copy()
         cur = self.current()
         cur = cur[cur["new_label"].notna() & (cur["sample_index"] < len(labels))]
         labels[cur["sample_index"].to_numpy(np.int64)] = cur["new_label"].to_numpy(np.int64)
         return pd.DataFrame({"index": np.arange(len(labels), dtype=np.int64), "label": labels})
+
+    def excluded(self, n_train: int | None = None) -> np.ndarray:
+        """Training indices whose current decision is ``exclude`` (sorted ``[m]`` int64)."""
+        cur = self.current()
+        idx = cur.loc[cur["decision"] == "exclude", "sample_index"].to_numpy(np.int64)
+        return np.sort(idx[idx < n_train] if n_train is not None else idx)
+
+    def excluded_csv(self, n_train: int | None = None) -> str:
+        """The excluded samples as a CSV with one ``index`` column."""
+        return "index\n" + "".join(f"{i}\n" for i in self.excluded(n_train))
 
     def write_cleaned_labels(self, path: str | Path, given_labels: Iterable[int]) -> Path:
         """Write the cleaned labels CSV that ``precompute --labels-override FILE`` reads (atomically)."""

@@ -20,14 +20,16 @@ from explorer.decisions_schema import (
     _REQUIRED_IMPORT,
     DECISIONS,
     EXPORT_FORMAT,
+    MAX_COMMENT,
+    NO_LABEL,
     UNDO,
     AnnotationError,
 )
 
 _INT = re.compile(r"^[+-]?\d+(\.0*)?$")
 _INT_FIELDS = ("id", "sample_index", "given_label", "new_label", "rank", "undoes")
-_TEXT_FIELDS = ("run", "decision", "reviewer", "created_at", "method")
-_MAX_TEXT = 1000
+_TEXT_FIELDS = ("run", "decision", "reviewer", "created_at", "method", "comment", "batch")
+_MAX_TEXT = MAX_COMMENT
 
 
 def parse_export(data: bytes, name: str, n_train: int | None = None, n_classes: int | None = None) -> list[dict[str, Any]]:
@@ -79,6 +81,22 @@ def _json_rows(text: str, name: str) -> list[Any]:
     return doc["decisions"]
 
 
+#: a spreadsheet runs a cell that starts with one of these as a formula (CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_guard(value: Any) -> Any:
+    """A text cell safe to open in a spreadsheet: one that starts a formula gets a leading ``'``."""
+    return "'" + value if isinstance(value, str) and value.startswith(_FORMULA_START) else value
+
+
+def csv_unguard(value: Any) -> Any:
+    """The text :func:`csv_guard` was given (reading an export back)."""
+    if isinstance(value, str) and value.startswith("'") and value[1:].startswith(_FORMULA_START):
+        return value[1:]
+    return value
+
+
 def _csv_rows(text: str, name: str) -> list[dict[str, Any]]:
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -88,7 +106,7 @@ def _csv_rows(text: str, name: str) -> list[dict[str, Any]]:
             raise AnnotationError(f"{name}: missing columns {missing}; a decisions CSV needs "
                                   f"{list(_REQUIRED_IMPORT)} (export it from the review page)")
         reader.fieldnames = fields
-        return [dict(r) for r in reader]
+        return [{k: csv_unguard(v) if k in _TEXT_FIELDS else v for k, v in r.items()} for r in reader]
     except csv.Error as exc:
         raise AnnotationError(f"{name}: unreadable CSV ({exc}); export it again") from None
 
@@ -125,8 +143,9 @@ def _row(raw: Any, where: str, n_train: int | None, n_classes: int | None) -> di
             raise AnnotationError(f"{where}, field {k!r}: {v} is not {what} ({span})")
     if out["decision"] in ("keep", "accept", "relabel") and out["new_label"] is None:
         raise AnnotationError(f"{where}, field 'new_label': decision {out['decision']!r} needs the label it assigns")
-    if out["decision"] == "unsure":
+    if out["decision"] in NO_LABEL:
         out["new_label"] = None
+    out["comment"] = out["comment"] or None
     return out
 
 

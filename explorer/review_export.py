@@ -1,5 +1,5 @@
-"""The review page's export / import panel: decisions as CSV / JSON, the cleaned-labels file, and an
-import of an earlier export (parsed in memory; its file name is never a path)."""
+"""The review page's export / import panel: decisions as CSV / JSON (with comments and bulk-action
+ids), the cleaned-labels file, the excluded samples, and an import of an earlier export (parsed in memory; its file name is never a path)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ K = "review_"  # the review page's session-state prefix
 def export_panel(run: RunCache, store: AnnotationStore, given: np.ndarray, run_name: str) -> None:
     """The review page's "Export / import decisions" expander (``given``: ``[n_train]`` labels)."""
     with st.expander("Export / import decisions"):
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         c1.download_button("Decisions CSV", store.export_csv(), file_name=f"{run_name}.decisions.csv",
                            mime="text/csv", key=K + "dl_csv")
         c2.download_button("Decisions JSON", store.export_json(), file_name=f"{run_name}.decisions.json",
@@ -25,6 +25,13 @@ def export_panel(run: RunCache, store: AnnotationStore, given: np.ndarray, run_n
         cleaned = store.cleaned_labels(given).to_csv(index=False)
         c3.download_button("Cleaned labels CSV", cleaned, file_name=f"{run_name}.cleaned_labels.csv",
                            mime="text/csv", key=K + "dl_clean")
+        excluded = store.excluded(run.n_train)
+        c4.download_button(f"Excluded samples CSV ({len(excluded)})", store.excluded_csv(run.n_train),
+                           file_name=f"{run_name}.excluded.csv", mime="text/csv", key=K + "dl_excluded",
+                           help="the training indices marked 'exclude' (one 'index' column)")
+        st.caption("Exports carry every decision with its comment and bulk-action id. The cleaned labels keep an "
+                   "excluded sample's given label: `--labels-override` relabels, it does not drop samples, so drop "
+                   "the excluded ones (the excluded samples CSV) from your data yourself.")
         target = cache_dir() / f"{run_name}.cleaned_labels.csv"
         if st.button("Save cleaned labels beside the cache", key=K + "save_clean"):
             try:

@@ -72,3 +72,43 @@ def serving(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
+
+
+def open_app(cache: Path, monkeypatch, **params: object):
+    """An AppTest of the explorer on ``cache`` with these query parameters, run once without exceptions."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(cache))
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in params.items():
+        at.query_params[k] = str(v)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@contextmanager
+def review_page(run: Path, monkeypatch, reviewer: str | None = None) -> Iterator[tuple]:
+    """``(AppTest of the review page on run, its decisions database)``, starting from no decisions and
+    removing them afterwards."""
+    from streamlit.testing.v1 import AppTest
+
+    from explorer.annotations import db_path
+
+    db = db_path(run.parent, run.name)
+    files = (db, Path(f"{db}-wal"), Path(f"{db}-shm"))
+    for p in files:
+        p.unlink(missing_ok=True)
+    monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(run.parent))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params.update({"page": "review", "run": run.name})
+    if reviewer is not None:
+        at.session_state["reviewer"] = reviewer
+    try:
+        yield at, db
+    finally:
+        for p in files:
+            p.unlink(missing_ok=True)

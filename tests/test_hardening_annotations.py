@@ -180,3 +180,25 @@ def test_a_long_import_never_blocks_another_reviewer(tmp_path: Path):
     assert done == [20_000]
     assert max(waits) < 1.0, max(waits)
     assert other.count() == 20_000 + len(waits)
+
+
+def test_a_csv_export_never_hands_a_spreadsheet_a_formula(tmp_path: Path):
+    """Comments and reviewer names starting with = + - @ are quoted in the CSV (CSV injection), and the
+    quote is removed again when the export is imported."""
+    import csv
+    import io
+
+    hostile = '=HYPERLINK("http://host.invalid/x","click")'
+    with _store(tmp_path) as s:
+        s.record(3, "keep", 1, "-ann", given_label=1, comment=hostile)
+        s.record(4, "relabel", 2, "@bob", given_label=1, comment="+1 looks like a 2")
+        text = s.export_csv()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    cells = [r[k] for r in rows for k in ("reviewer", "comment")]
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], cells
+    assert rows[0]["comment"] == "'" + hostile and rows[0]["reviewer"] == "'-ann"
+    with AnnotationStore(db_path(tmp_path, "copy"), run="r") as other:
+        assert other.import_bytes(text.encode(), "r.decisions.csv", n_train=10, n_classes=3) == 2
+        got = other.history()
+    assert sorted(got["comment"]) == sorted([hostile, "+1 looks like a 2"])
+    assert sorted(got["reviewer"]) == ["-ann", "@bob"]

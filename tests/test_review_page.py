@@ -5,27 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import review_page
 from streamlit.testing.v1 import AppTest
 
 from cache_format.mislabels import load_mislabels
 from cache_format.runs import RunCache
-from explorer.annotations import AnnotationStore, db_path
+from explorer.annotations import AnnotationStore
 
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 
 
 @pytest.fixture
 def page(noisy_run: Path, monkeypatch):
-    cache = noisy_run.parent
-    db = db_path(cache, noisy_run.name)
-    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-        p.unlink(missing_ok=True)
-    monkeypatch.setenv("INFLUENCE_EXPLORER_CACHE", str(cache))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params.update({"page": "review", "run": noisy_run.name})
-    yield at, db
-    for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
-        p.unlink(missing_ok=True)
+    with review_page(noisy_run, monkeypatch) as pair:
+        yield pair
 
 
 def _shown(at: AppTest) -> int:

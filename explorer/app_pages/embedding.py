@@ -1,15 +1,24 @@
 """Embedding map: the precomputed UMAP of train + test, coloured by class or by signed influence
-on the selected test point. Click a point to select it; lasso or box to list samples."""
+on the selected test point. Click a point to select it; lasso or box to list samples. Beside the
+map, a strip of thumbnails (plotly cannot show images in its hover label): the selected point and
+its nearest neighbours on the map (numbered there), or the first samples of a box / lasso."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
 
 import pandas as pd
 import streamlit as st
 
+from components.cards import card_grid
 from components.figures import (
     embedding_figure,
     is_click,
+    nearest_ids,
     overlay_traces,
+    preview_ids,
+    preview_trace,
     selected_ids,
     with_overlay,
     zoom_box,
@@ -24,23 +33,46 @@ PAGE = PageSpec(key="embedding", title="Embedding map", icon=":material/scatter_
 COLOR_MODES = {"class": "Class", "influence": "Influence on the selected test point"}
 MAX_LISTED = 300
 ZOOM = "_emb_zoom"  # session: the visible area (x0, x1, y0, y1) after "Zoom to selection"
+STRIP = 8  # thumbnails beside the map
 
 
 
-def _figure(v: RunView, mode: str, method: str, test: int | None, k: int):
-    """Big layer (cached per run for class colours) + small overlay for the selection."""
+def _figure(v: RunView, mode: str, method: str, test: int | None, k: int, around: list[int] | None = None):
+    """Big layer (cached per run for class colours) + small overlay for the selection (+ the numbered
+    rings of the thumbnail strip's points, ``around``: global ids)."""
     if mode == "influence" and test is not None:
         base = v.memo_last("emb_infl", (method, test), lambda: embedding_figure(v.embedding, v.all_labels, v.n_train, v.class_names,
                                                     scores=v.score_row(method, test)))
     else:
         base = v.memo("emb_class", lambda: embedding_figure(v.embedding, v.all_labels, v.n_train, v.class_names))
     zoom = st.session_state.get(ZOOM)
+    rings = [preview_trace(v.embedding, around, v.n_train)] if around else []
     if test is None:
-        return base if zoom is None else with_overlay(base, [], zoom)
+        return base if zoom is None and not rings else with_overlay(base, rings, zoom)
     top = v.top(method, test, k)
     row = v.sample("test", test)
     label = f"test #{test}: true {v.class_names[int(row['label'])]}, pred {v.class_names[int(row['pred'])]}"
-    return with_overlay(base, overlay_traces(v.embedding, v.n_train, v.n_train + test, top.pro, top.opp, label), zoom)
+    return with_overlay(base, overlay_traces(v.embedding, v.n_train, v.n_train + test, top.pro, top.opp, label)
+                        + rings, zoom)
+
+
+def _open_global(n_train: int, g: int) -> None:
+    """Card callback: open global id ``g`` (a test point or a training sample) on the influence view."""
+    (ui.open_test if g >= n_train else ui.open_train)(g - n_train if g >= n_train else g)
+
+
+def _strip(v: RunView, ids: list[int], title: str, scores=None) -> None:
+    """Clickable thumbnails of global ids ``ids`` (numbered 1..n), two per row."""
+    st.markdown(f"**{title}**")
+    cards = []
+    top = float(abs(scores).max()) if scores is not None and len(scores) else 0.0
+    scale = top if top > 0 else 1.0
+    for n, g in enumerate(ids):
+        split, idx = ("test", g - v.n_train) if g >= v.n_train else ("train", g)
+        score = float(scores[g]) if scores is not None and split == "train" else None
+        card = ui.sample_card(v, split, idx, key=f"embstrip_{n}_{g}", score=score, scale=scale)
+        cards.append(replace(card, value=int(g), button=f"{n + 1} · {split} #{idx}"))
+    card_grid(cards, 2, partial(_open_global, v.n_train), image_px=72)
 
 
 def _listing(v: RunView, ids: list[int], scores=None) -> pd.DataFrame:
@@ -109,14 +141,30 @@ def _selection_actions(v: RunView, ids: list[int], scores) -> None:
 
 
 @st.fragment
-def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -> None:
+def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int, train: int | None = None) -> None:
     if mode == "influence" and test is not None and not v.has_full_rows(method):
         st.info("This run stores only the top-k scores of this method (influence.store_scores = \"topk\"): only "
                 "the stored proponents and opponents are coloured; every other sample is shown as 0.")
-    fig = _figure(v, mode, method, test, k)
-    event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", config={"scrollZoom": True, "displaylogo": False})
+    focus = train if train is not None else (v.n_train + test if test is not None else None)
+    around = [focus, *nearest_ids(v.embedding, focus, STRIP - 1).tolist()] if focus is not None else []
+    fig = _figure(v, mode, method, test, k, around)
+    chart, strip = st.columns([3, 1])
+    with chart:
+        event = st.plotly_chart(fig, key="emb_chart", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                width="stretch", config={"scrollZoom": True, "displaylogo": False})
     ids = selected_ids(event)
+    scores = v.score_row(method, test) if mode == "influence" and test is not None else None
+    with strip:
+        if ids and not is_click(event):
+            shown = preview_ids(ids, v.n_train, scores, STRIP)
+            _strip(v, shown, f"Selection: {len(shown)} of {len(ids):,}" + (", by |score|" if scores is not None else ""),
+                   scores)
+        elif around:
+            what = f"train #{train}" if train is not None else f"test #{test}"
+            _strip(v, around, f"{what} and its neighbours (numbered on the map)", scores)
+        else:
+            st.caption("Click a point to see its image and its neighbours' here; box or lasso to see a selection's. "
+                       "Click a thumbnail to open it.")
     click = is_click(event)
     sig = tuple(ids[:50]) + (len(ids),)
     if click and ids and st.session_state.get("_emb_last") != sig:
@@ -129,14 +177,13 @@ def map_fragment(v: RunView, mode: str, method: str, test: int | None, k: int) -
         st.rerun()  # whole app: the header, buttons and sidebar show the new selection
     st.session_state["_emb_last"] = sig
     if ids and not click:
-        scores = v.score_row(method, test) if mode == "influence" and test is not None else None
         _selection_actions(v, ids, scores)
-        if state.peek_goto():  # a row or "send to review": the whole app switches page
-            st.rerun(scope="app")
     else:
         st.caption("Click a point to select it (a ◆ becomes the focused test point, a ● the selected training "
                    "sample; open either with the buttons below). Pick the box or lasso tool in the chart's "
                    "toolbar and drag to list samples; double-click to reset the zoom.")
+    if state.peek_goto():  # a thumbnail, a row or "send to review": the whole app switches page
+        st.rerun(scope="app")
 
 
 def main() -> None:
@@ -165,7 +212,7 @@ def main() -> None:
         st.markdown("Selected: " + (", ".join(sel) if sel else "nothing yet"))
     if mode == "influence" and test is None:
         st.info("Select a test point (click a ◆) to colour the map by its influence.")
-    map_fragment(v, mode, method, test, k)
+    map_fragment(v, mode, method, test, k, train)
     if test is not None or train is not None:
         b1, b2, _ = st.columns([1, 1, 3])
         if test is not None:

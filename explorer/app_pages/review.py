@@ -23,7 +23,9 @@ from cache_format.runs import CacheProblem, RunCache
 from components.review_figures import detection_figure, live_curve, progress_figure
 from explorer import state, ui
 from explorer.annotations import AnnotationError, AnnotationStore, db_path
+from explorer.decisions_schema import MAX_COMMENT
 from explorer.page_spec import PageSpec
+from explorer.review_bulk import bulk_panel
 from explorer.review_export import export_panel
 from explorer.state import cache_dir
 from explorer.text import md_escape
@@ -35,7 +37,7 @@ MAX_NAME = 64
 
 STATUSES = ("pending", "reviewed", "unsure", "all")
 SHORTCUTS = [("K", "keep the given label"), ("A", "accept the suggested label"), ("0-9", "relabel to that class"),
-             ("U", "unsure"), ("Z", "undo your last decision"), ("N / P", "next / previous without deciding")]
+             ("U", "unsure"), ("X", "exclude from training"), ("Z", "undo your last decision"), ("N / P", "next / previous without deciding")]
 K = "review_"  # session-state prefix
 
 
@@ -75,9 +77,10 @@ def _influence_method(data: MislabelData, ranking: str) -> str:
 # ----------------------------------------------------------------------------------- callbacks
 def _decide(store: AnnotationStore, sample: int, decision: str, new_label: int | None, given: int,
             method: str, score: float, rank: int) -> None:
+    comment = st.session_state.get(f"{K}comment_{sample}") or None
     try:
         store.record(sample, decision, new_label, st.session_state["reviewer"], given_label=given,
-                     method=method, score=score, rank=rank)
+                     method=method, score=score, rank=rank, comment=comment)
     except (AnnotationError, OSError) as exc:
         st.session_state[K + "error"] = f"decision on #{sample} NOT saved: {exc}"
         return
@@ -100,7 +103,8 @@ def _undo(store: AnnotationStore, ranks: np.ndarray) -> None:
         st.session_state[K + "flash"] = "nothing to undo"
         return
     i = int(last["sample_index"])
-    st.session_state[K + "flash"] = f"undid {last['decision']} on #{i}"
+    more = f" and {last['undone'] - 1} more of its bulk action" if last.get("undone", 1) > 1 else ""
+    st.session_state[K + "flash"] = f"undid {last['decision']} on #{i}{more}"
     st.session_state[K + "cursor"] = int(ranks[i]) if i < len(ranks) else 1
 
 
@@ -225,6 +229,10 @@ def main() -> None:
                    help="counts within the sidebar's filters" if filtered else None)
     if tab != "all":
         q = q[q["status"] == tab]
+    what = ", ".join([*(f"given {c}" for c in class_filter), *([] if pair == "any" else [pair]),
+                      *(["the map selection"] if picked else []), tab])
+    with st.sidebar:  # under the filters it acts on
+        bulk_panel(store, q, given, suggested, method, reviewer, filtered, what)
 
     if K + "error" in st.session_state:
         st.error(md_escape(st.session_state.pop(K + "error")))
@@ -276,25 +284,32 @@ def _card(run, data: MislabelData, store, row, method, given, suggested, classes
             c = current.loc[i]
             new = c["new_label"]
             lab = "" if pd.isna(new) else f" → {names[int(new)] if 0 <= int(new) < len(names) else int(new)}"
+            note = f"  \nComment: {md_escape(c['comment'])}" if isinstance(c["comment"], str) and c["comment"] else ""
+            bulk = " (bulk action)" if isinstance(c["batch"], str) and c["batch"] else ""
             st.info(f"Current decision: **{md_escape(c['decision'])}**{lab} by {md_escape(c['reviewer'])} "
-                    f"at {md_escape(str(c['created_at'])[:19])}")
+                    f"at {md_escape(str(c['created_at'])[:19])}{bulk}{note}")
+        st.text_input("Comment (optional, saved with your decision)", key=f"{K}comment_{i}", max_chars=MAX_COMMENT,
+                      placeholder="e.g. ambiguous stroke, could be 1 or 7")
     _buttons(store, i, g, s, method, score, rank, classes, ranks)
     _why(run, data, i, method, classes)
 
 
 def _buttons(store, i, g, s, method, score, rank, classes, ranks) -> None:
-    cols = st.columns(6)
+    cols = st.columns(7)
     cols[0].button("Keep (K)", key=K + "keep", shortcut="k", type="primary", on_click=_decide,
                    args=(store, i, "keep", g, g, method, score, rank), width="stretch")
     cols[1].button(f"Accept {md_escape(classes[s])} (A)", key=K + "accept", shortcut="a", on_click=_decide,
                    args=(store, i, "accept", s, g, method, score, rank), width="stretch")
     cols[2].button("Unsure (U)", key=K + "unsure", shortcut="u", on_click=_decide,
                    args=(store, i, "unsure", None, g, method, score, rank), width="stretch")
-    cols[3].button("Undo (Z)", key=K + "undo", shortcut="z", on_click=_undo, args=(store, ranks),
+    cols[3].button("Exclude (X)", key=K + "exclude", shortcut="x", on_click=_decide,
+                   args=(store, i, "exclude", None, g, method, score, rank), width="stretch",
+                   help="remove this sample from training (kept in the decisions export and the excluded-samples CSV)")
+    cols[4].button("Undo (Z)", key=K + "undo", shortcut="z", on_click=_undo, args=(store, ranks),
                    width="stretch")
-    cols[4].button("Prev (P)", key=K + "prev", shortcut="p", on_click=_move, args=(rank, -1),
+    cols[5].button("Prev (P)", key=K + "prev", shortcut="p", on_click=_move, args=(rank, -1),
                    width="stretch")
-    cols[5].button("Next (N)", key=K + "next", shortcut="n", on_click=_move, args=(rank, 1),
+    cols[6].button("Next (N)", key=K + "next", shortcut="n", on_click=_move, args=(rank, 1),
                    width="stretch")
     keyed = classes[:10]
     rel = st.columns(max(len(keyed), 1))
@@ -358,7 +373,8 @@ def _progress(run, data: MislabelData, store, status, given, classes, method) ->
     st.divider()
     n = len(status)
     reviewed, unsure = int((status == "reviewed").sum()), int((status == "unsure").sum())
-    st.progress(reviewed / max(n, 1), text=f"Reviewed {reviewed} / {n} ({unsure} unsure)")
+    excluded = len(store.excluded(n))
+    st.progress(reviewed / max(n, 1), text=f"Reviewed {reviewed} / {n} ({unsure} unsure, {excluded} excluded)")
     nc = len(classes)
     left, right = st.columns(2)
     with left:

@@ -1,10 +1,14 @@
 """Trust: how far to trust each influence method on this run, measured by ``influence-explorer evaluate``.
 
 The run comes from ``ui.require_run()`` (``?run=<name>``, picked in the sidebar); everything shown
-is read from ``<run>/evaluation/`` by :mod:`cache_format.evaluation`.
+is read from ``<run>/evaluation/`` by :mod:`cache_format.evaluation`. The page can start the
+evaluation itself (a button, never on load): a background job (:mod:`explorer.eval_jobs`) whose
+progress it polls every 2 s and which a reload finds again.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +28,7 @@ from components.trust_figures import (
     lds_figure,
     loo_figure,
 )
-from explorer import ui
+from explorer import eval_jobs, ui
 from explorer.page_spec import PageSpec
 from explorer.state import cache_dir
 from explorer.text import md_escape
@@ -164,6 +168,81 @@ def _mislabels(tr: TrustResults) -> None:
         st.dataframe(pd.DataFrame(mis["other"]).T, width="stretch")
 
 
+# ------------------------------------------------------------------------------ evaluation jobs
+_WATCH = "trust_job_watch"  # session: the id of the job this session saw running
+
+
+def _start(run_dir: Path, preset: str) -> None:
+    try:
+        eval_jobs.start(run_dir, cache_dir(), preset)
+    except eval_jobs.JobError as exc:
+        st.session_state["trust_job_error"] = str(exc)
+
+
+def _job_lines(job: eval_jobs.JobStatus) -> None:
+    """The log tail of a job, as text (the command's own output)."""
+    st.code("\n".join(job.log_tail) or "(no output yet)", language=None)
+
+
+@st.fragment(run_every=2)
+def _job_progress(run_dir: Path) -> None:
+    """A running job's stage and progress, redrawn every 2 s; the whole page reruns once it ends."""
+    job = eval_jobs.status(run_dir)
+    if job is None:
+        return
+    if not job.running:
+        if st.session_state.pop(_WATCH, None) == job.id:
+            st.rerun(scope="app")  # it just ended: show the results
+        return
+    st.session_state[_WATCH] = job.id
+    with st.container(border=True):
+        stage = (f"stage {job.stage_no} of {job.n_stages}: {job.stage}" if job.stage_no else
+                 job.stage or "starting (loading the run and torch)")
+        st.markdown(f"**Evaluation running** ({md_escape(eval_jobs.PRESETS[job.preset][0].split(':')[0])}, "
+                    f"{job.elapsed:.0f} s) · {md_escape(stage)}")
+        if job.total:
+            st.progress(min(1.0, (job.done or 0) / job.total), text=f"{job.done} / {job.total} models retrained")
+        _job_lines(job)
+        st.caption(f"{ui.md_code(job.command)} · pid {job.pid} · the job keeps running if you close or reload the page")
+        st.button("Cancel the evaluation", key="trust_job_cancel", icon=":material/cancel:",
+                  on_click=eval_jobs.cancel, args=(run_dir,))
+
+
+def _job_news(job: eval_jobs.JobStatus | None, evaluated: bool) -> None:
+    """How the last job started from the page ended (an error of the last start, a failure, a success)."""
+    if "trust_job_error" in st.session_state:
+        st.error(md_escape(st.session_state.pop("trust_job_error")))
+    if job is None or job.running:
+        return
+    if job.state != "finished":
+        what = {"failed": f"failed (exit code {job.returncode})", "cancelled": "was cancelled",
+                "lost": "stopped without finishing (its process is gone)"}[job.state]
+        st.warning(f"The evaluation started at {eval_jobs._clock(job.started_at)} {what}. The end of its output:")
+        _job_lines(job)
+    elif evaluated:
+        st.success(f"Evaluated from this page at {eval_jobs._clock(job.finished_at or job.started_at)} "
+                   f"({md_escape(job.preset)} preset, {job.elapsed:.0f} s).")
+
+
+def _start_form(run: RunCache, evaluated: bool) -> None:
+    """The preset, the exact command, and the button that starts it in the background."""
+    presets = list(eval_jobs.PRESETS)
+    preset = st.radio("Evaluation", presets, index=presets.index("full" if evaluated else "quick"),
+                      key="trust_preset", format_func=lambda p: eval_jobs.PRESETS[p][0])
+    st.code(eval_jobs.shown_command(run.path.name, cache_dir(), preset), language="bash")
+    st.button("Run the evaluation again" if evaluated else "Start the evaluation", key="trust_job_start",
+              type="primary", icon=":material/play_arrow:", on_click=_start, args=(run.path, preset),
+              help="runs the command above in the background; you can keep browsing, the page shows its progress")
+
+
+def _lds_line(tr: TrustResults) -> None:
+    """``LDS: exact 0.95 · graddot 0.37 · ...``: every evaluated method beside its LDS."""
+    t = tr.method_table()
+    parts = [f"{md_escape(m)} **{_fmt(v, 2)}**" for m, v in zip(t["method"], t["LDS"], strict=True) if v == v]
+    if parts:
+        st.markdown("LDS by method: " + " · ".join(parts))
+
+
 def main() -> None:
     """The selected run's evaluation: per-method table, damping, brittleness, agreement; or how to make it."""
     run = ui.require_run()
@@ -173,16 +252,25 @@ def main() -> None:
     st.caption("How far to trust each influence method on this run: measured against real retraining of the "
                "run's own model, with its own recipe and seed.")
     tr = load_trust(run)
+    job = eval_jobs.status(run.path)
+    running = job is not None and job.running
+    if running:
+        _job_progress(run.path)
+    _job_news(job, tr is not None and not tr.stale)
     if tr is None:
-        st.info(f"Run **{shown}** has not been evaluated yet. Measure it with:")
-        st.code(evaluate_command(name) + f" --cache-dir {cache_dir()}", language="bash")
-        st.caption("Retrains the model on random subsets of its training data (LDS), without single samples "
-                   "(leave-one-out) and without each test point's top proponents (brittleness); a few minutes on a "
-                   "laptop for the digits samples. Parts can be switched off, e.g. `--no-loo`.")
+        st.info(f"Run **{shown}** has not been evaluated yet. Measure it here or in a terminal with:"
+                if not running else f"Run **{shown}** is being evaluated; the results appear here when it ends.")
+        if not running:
+            _start_form(run, evaluated=False)
+            st.caption("Retrains the model on random subsets of its training data (LDS), without single samples "
+                       "(leave-one-out) and without each test point's top proponents (brittleness); a few minutes "
+                       "on a laptop for the digits samples. Parts can be switched off, e.g. `--no-loo`.")
         return
     if tr.stale:
         st.warning(f"The evaluation in {ui.md_code(name + '/evaluation')} was made for another model or dataset than "
                    f"this run's. Re-run: {ui.md_code(evaluate_command(name))}.")
+        if not running:
+            _start_form(run, evaluated=False)
         return
     best = tr.best_method()
     if best:
@@ -191,6 +279,7 @@ def main() -> None:
         st.markdown(f"Best method on **{shown}**: **{md_escape(best)}**, LDS **{_fmt(v.get('lds'), 2)}** "
                     f"[{_fmt(ci[0], 2)}, {_fmt(ci[1], 2)}]."
                     + ("" if tr.data.get("convex") else " (Non-convex model: influence is an approximation here.)"))
+    _lds_line(tr)
     _method_table(tr)
     _explain(tr)
     _loo_plot(tr)
@@ -198,6 +287,9 @@ def main() -> None:
     _brittleness(tr, run)
     _agreement(tr)
     _mislabels(tr)
+    if not running:
+        with st.expander("Run the evaluation again", expanded=False):
+            _start_form(run, evaluated=True)
     with st.expander("Settings and timings", expanded=False):
         st.json({"settings": tr.data.get("settings"), "timings_s": tr.data.get("timings"),
                  "updated": tr.data.get("updated"), "models retrained in the last call": tr.data.get("last_retrained")},

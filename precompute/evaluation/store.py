@@ -16,13 +16,14 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cache_format.atomic import atomic_write_json, replace_dir
+from cache_format.atomic import atomic_write_json, pid_alive, replace_dir
 from cache_format.names import EVALUATION_DIR, GROUNDTRUTH_DIR, RESULTS, RESULTS_FORMAT
 from precompute.errors import CacheError
 
@@ -66,7 +67,7 @@ class EvaluationStore:
         """Remove temp files/folders left by a killed evaluate (never read by anyone)."""
         for p in list(self.root.glob(".*.tmp-*")) + list((self.root / GROUNDTRUTH_DIR).glob(".*.tmp-*")):
             pid = p.name.rsplit("-", 1)[-1]
-            if pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            if pid.isdigit() and pid_alive(int(pid), socket.gethostname()) and int(pid) != os.getpid():
                 continue
             if p.is_dir():
                 shutil.rmtree(p, ignore_errors=True)
@@ -162,12 +163,3 @@ def finite(obj: Any) -> Any:
         return obj.item()
     return obj
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
