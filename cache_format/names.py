@@ -38,6 +38,16 @@ SELF_INFLUENCE = "self_influence"  # float32 [n_train]
 TRAIN_NET_INFLUENCE = "train_net_influence"  # float32 [n_train] mean score over the test set
 TRAIN_TOP_HELPED, TRAIN_TOP_HELPED_SCORES = "train_top_helped", "train_top_helped_scores"  # [n_train, k] test ids
 TRAIN_TOP_HURT, TRAIN_TOP_HURT_SCORES = "train_top_hurt", "train_top_hurt_scores"  # [n_train, k] test ids
+# methods/<method>/<name>.npy toward the *predicted* label, misclassified test points only (absent in
+# older runs and for methods that cannot score another label; readers: cache_format.predicted)
+PREDICTED_ROWS, PREDICTED_LABELS = "predicted_rows", "predicted_labels"  # int32 [n_mis] test ids / labels
+PREDICTED_PROPONENTS = "predicted_proponents"  # int32 [n_mis, k] train ids, highest score first
+PREDICTED_PROPONENT_SCORES = "predicted_proponent_scores"  # float32 [n_mis, k]
+PREDICTED_OPPONENTS = "predicted_opponents"  # int32 [n_mis, k] train ids, most negative first
+PREDICTED_OPPONENT_SCORES = "predicted_opponent_scores"  # float32 [n_mis, k]
+#: a presenter's tour of striking examples, chosen by precompute (reader: cache_format.tour)
+TOUR = "arrays/tour.json"
+TOUR_FORMAT = 1
 
 # evaluation/ (written by ``influence-explorer evaluate``)
 EVALUATION_DIR = "evaluation"

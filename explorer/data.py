@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cache_format import names as fmt
+from cache_format.predicted import PredictedTopK, load_predicted
 from cache_format.runs import RunCache
 from components.images import data_uri
 
@@ -121,6 +122,21 @@ class RunView:
         g = self.method_array
         return TopK(np.array(g(method, fmt.TRAIN_TOP_HELPED)[train, :k]), np.array(g(method, fmt.TRAIN_TOP_HELPED_SCORES)[train, :k]),
                     np.array(g(method, fmt.TRAIN_TOP_HURT)[train, :k]), np.array(g(method, fmt.TRAIN_TOP_HURT_SCORES)[train, :k]))
+
+    def predicted(self, method: str) -> PredictedTopK | None:
+        """The checked top-k toward the predicted label of ``method`` (misclassified test points only),
+        read once; ``None`` when the run has none (raises ``CacheProblem`` for damaged arrays)."""
+        return self.memo(("predicted", method), lambda: load_predicted(self.run, method))
+
+    def top_predicted(self, method: str, test: int, k: int) -> tuple[TopK, int] | None:
+        """Top-k proponents/opponents of test point ``test`` toward its predicted label, and that label;
+        ``None`` when not precomputed (an older run, a method without it, a correctly predicted point)."""
+        got = self.predicted(method)
+        i = None if got is None else got.position(test)
+        if got is None or i is None:
+            return None
+        return (TopK(np.array(got.pro[i, :k]), np.array(got.pro_scores[i, :k]), np.array(got.opp[i, :k]),
+                     np.array(got.opp_scores[i, :k])), int(got.labels[i]))
 
     def topk_max(self, method: str) -> int:
         """How many top-k entries the cache stores per test point."""

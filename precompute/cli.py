@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the full score matrix (dense), only the top-k (topk), or dense below a size (auto)")
     pre.add_argument("--overwrite", action="store_true", help="replace an existing run made with another config")
     pre.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pre.add_argument("--launcher", choices=["none", "torchrun"], default="none",
+                     help="torchrun: run this precompute in --nproc processes on this machine (torch.distributed; "
+                          "gloo on CPU, nccl on GPUs); for several machines call torchrun yourself (docs/cluster.md)")
+    pre.add_argument("--nproc", type=int, default=2, help="processes for --launcher torchrun (one per GPU)")
 
     from precompute.evaluation.cli import add_evaluate_parser
 
@@ -158,11 +162,21 @@ def _load_run_config(args: argparse.Namespace):
 
 
 def cmd_precompute(args: argparse.Namespace) -> int:
+    if args.launcher == "torchrun":
+        from precompute.distributed.launch import launch_torchrun
+
+        return launch_torchrun(args.argv, args.nproc)
+    from precompute.distributed.context import current, shutdown
     from precompute.pipeline import run_precompute
 
     cfg = _load_run_config(args)
-    result = run_precompute(cfg, cache_dir=args.cache_dir, run_dir=args.out, overwrite=args.overwrite,
-                            progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    try:
+        result = run_precompute(cfg, cache_dir=args.cache_dir, run_dir=args.out, overwrite=args.overwrite,
+                                progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+        if not current().is_main:
+            return 0
+    finally:
+        shutdown()
     if result.skipped:
         print(f"cache: {result.path} (up to date)")
         return 0
@@ -236,8 +250,16 @@ def _on_sigterm(_signum, _frame) -> None:
     raise Terminated()
 
 
+def _rank_tag() -> str:
+    """``"[rank 1/2] "`` inside a torchrun launch (every rank reports its own error), else ``""``."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    return f"[rank {rank}/{world}] " if rank and world and world != "1" else ""
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if args.command in ("precompute", "evaluate"):  # unwind like Ctrl-C: partial folders are removed
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -251,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_methods(args)
         return cmd_app(args)
     except InfluenceExplorerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{_rank_tag()}error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         from precompute.errors import Terminated

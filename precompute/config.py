@@ -251,10 +251,19 @@ class TrainConfig:
     seed: int = 0
     checkpoints: int = 5
     lr_schedule: str = "cosine"
+    #: under torchrun: ``rank0`` trains once on rank 0 and hands the weights to every rank (the cache is
+    #: the same for any number of processes); ``ddp`` trains with DistributedDataParallel, each rank on
+    #: its share of every minibatch (faster for big built-in models; the model then depends on the
+    #: number of processes through float rounding). Ignored in a single process.
+    distributed: str = "rank0"
 
     def validate(self) -> None:
         _check(self.lr_schedule in ("constant", "cosine"), "train.lr_schedule", "must be 'constant' or 'cosine'",
                self.lr_schedule)
+        _check(self.distributed in ("rank0", "ddp"), "train.distributed", "must be 'rank0' or 'ddp'",
+               self.distributed)
+        _check(self.distributed != "ddp" or self.optimizer != "lbfgs", "train.distributed",
+               "'ddp' trains in minibatches: use optimizer 'adam' or 'sgd', or distributed = 'rank0'", self.distributed)
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {list(OPTIMIZERS)}", self.optimizer)
         _check(self.lr > 0, "train.lr", "must be > 0", self.lr)
         _check(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", "must be an integer >= 1", self.epochs)
@@ -400,6 +409,8 @@ class RunConfig:
         for sec, key in (("model", "checkpoint_sha256"), ("model", "factory_sha256"), ("data", "factory_sha256")):
             if d[sec].get(key) is None:  # only runs of a user's model / datasets file have them
                 d[sec].pop(key, None)
+        if d["train"].get("distributed") == "rank0":  # the default: the same model as one process trains
+            d["train"].pop("distributed")
         for key, default in NOISE_DEFAULTS.items():
             if d["data"].get(key) == default:
                 d["data"].pop(key, None)

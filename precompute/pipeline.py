@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from precompute.config import RunConfig, file_sha256
 from precompute.data import SplitDataset, load_dataset
 from precompute.data.display import write_display
 from precompute.data.source import as_model_input
-from precompute.errors import ConfigError
+from precompute.distributed.context import DistContext, init_from_env
+from precompute.errors import CacheError, ConfigError
 from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence.registry import check_influence_config
 from precompute.models import build_model, count_parameters, predict_with_features
@@ -58,16 +59,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _Stages:
-    def __init__(self, log: Callable[[str], None]):
+    """Times each stage, records its peak RSS and logs ``[name] ... (stage i of n; t s so far)``."""
+
+    def __init__(self, log: Callable[[str], None], total: int = 0):
         self.timings: dict[str, float] = {}
         self.peak_rss: dict[str, float] = {}
-        self.log = log
+        self.log, self.total, self.started = log, total, time.perf_counter()
 
     @contextmanager
     def stage(self, name: str):
         t0 = time.perf_counter()
         reset_peak_rss()
-        self.log(f"[{name}] ...")
+        where = f"stage {len(self.timings) + 1} of {max(self.total, len(self.timings) + 1)}; " if self.total else ""
+        self.log(f"[{name}] ... ({where}{t0 - self.started:.1f} s so far)")
         yield
         self.timings[name] = round(time.perf_counter() - t0, 3)
         self.peak_rss[name] = round(peak_rss_mb(), 1)
@@ -87,21 +91,23 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     """
     cfg.validate()
     check_influence_config(cfg.influence)
+    dist = init_from_env(cfg.device)  # a torchrun launch: join its process group (else one process)
+    log_all, log = log, (log if dist.is_main else _quiet)
     run_dir = Path(run_dir) if run_dir else Path(cache_dir) / cfg.name
     identity = cfg.identity()
-    if existing_run_status(run_dir, identity, overwrite=overwrite) == "same":
-        # same config: also the same data? (weights of a user's checkpoint are in the config: model.checkpoint_sha256)
-        check_same_data(run_dir, (dataset if dataset is not None else load_dataset(cfg.data)).fingerprint())
+    if _up_to_date(run_dir, identity, overwrite, dataset, cfg, dist):
         log(f"{run_dir} is up to date (same config and data); nothing to do. Pass --overwrite to rebuild.")
         return PrecomputeResult(path=run_dir, skipped=True)
     estimators = {m: get_estimator(m, cfg.influence.options.get(m)) for m in cfg.influence.methods}
     device = resolve_device(cfg.device)
-    budget = resolve_budget(cfg.memory_budget)
-    stages = _Stages(log)
+    budget = dist.broadcast(resolve_budget(cfg.memory_budget))  # every rank decides as rank 0 does
+    n_model = 0 if model is not None else 1  # load model / train
+    stages = _Stages(log, 5 + n_model + len(estimators) + int(cfg.mislabels.enabled))
     t_start = time.perf_counter()
-    work = WorkDir(run_dir, identity, log)
+    work = WorkDir(run_dir, identity, log, clean=dist.is_main)
+    dist.barrier()  # rank 0 removed stale work folders before any rank writes
     try:
-        with CacheWriter(run_dir) as writer:
+        with CacheWriter(run_dir) if dist.is_main else nullcontext() as writer:
             with stages.stage("data"):
                 ds = dataset if dataset is not None else load_dataset(cfg.data)
             dtype = torch.float64 if cfg.model.dtype == "float64" else torch.float32
@@ -129,26 +135,40 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                 model = build_model(cfg.model, ds.input_shape, ds.n_classes).to(device)
                 check_run_fits(cfg, estimators, model, len(y_tr), budget, run_dir)  # before training
                 with stages.stage("train"):
-                    bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress, leave=False)
-                    trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
-                        bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")),
-                        record_trajectory="data_value_embedding" in cfg.influence.methods)
+                    ddp = dist.active and cfg.train.distributed == "ddp"
+                    bar = tqdm(total=cfg.train.epochs, desc="train", unit="epoch", disable=not progress or not
+                               dist.is_main, leave=False)
+                    trained = None
+                    if dist.is_main or ddp:  # rank0: the other ranks wait for its weights
+                        trained = train_model(model, x_tr, y_tr, cfg.train, x_te, y_te, on_epoch=lambda row: (
+                            bar.update(1), bar.set_postfix(loss=f"{row['train_loss']:.3f}")),
+                            record_trajectory="data_value_embedding" in cfg.influence.methods,
+                            dist=dist if ddp else None)
                     bar.close()
+                    if ddp:  # DistributedDataParallel keeps the replicas in step: check it
+                        prints = dist.gather(model_fingerprint(model))
+                        if len(set(prints)) > 1:
+                            raise RuntimeError(f"DDP training left the ranks with different weights ({prints})")
+                        log(f"[train] DDP over {dist.world} ranks: weights identical on every rank")
+                    if dist.active:  # bit-identical weights on every rank
+                        trained, state = dist.broadcast((trained, _state(model)) if dist.is_main else None)
+                        model.load_state_dict(state)
                     model.eval()
-            for i, ck in enumerate(trained.checkpoints):
-                torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
-
-            with stages.stage("predictions"):
-                outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
-                for name, arr in outputs["arrays"].items():
-                    writer.save_array(name, arr)
+            outputs: dict[str, Any] = {}
+            if writer is not None:
+                for i, ck in enumerate(trained.checkpoints):
+                    torch.save(ck.state_dict, writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
+                with stages.stage("predictions"):
+                    outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
+                    for name, arr in outputs["arrays"].items():
+                        writer.save_array(name, arr)
 
             space = ParamSpace(model, select_parameters(model, cfg.influence.params))
             compressor = build_compressor(cfg, model, space, x_tr, list(estimators.values()), budget, log)
             task = InfluenceTask(model=model, space=space, x_train=x_tr, y_train=y_tr,
                                  weight_decay=cfg.train.weight_decay, damping=cfg.influence.damping,
                                  checkpoints=trained.checkpoints, batch_size=cfg.influence.train_batch_size,
-                                 compressor=compressor, trajectory=trained.trajectory)
+                                 compressor=compressor, trajectory=trained.trajectory, dist=dist)
             fingerprints = (model_fingerprint(model), ds.fingerprint())
             method_info: dict[str, Any] = {}
             for name, est in estimators.items():
@@ -160,6 +180,10 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                         chunk_rows=cfg.chunk_rows, fingerprints=fingerprints, progress=progress, log=log)
             for name in estimators:
                 method_info[name]["seconds"] = stages.timings[f"influence:{name}"]
+            if writer is None:  # another rank of a torchrun launch: its shares are merged; rank 0 finishes
+                log_all(f"{dist.tag()}done: store chunks and score blocks handed to rank 0")
+                return PrecomputeResult(path=run_dir, timings=stages.timings, peak_rss_mb=max(
+                    stages.peak_rss.values(), default=peak_rss_mb()), manifest={"methods": method_info})
 
             mislabel_info = None
             if cfg.mislabels.enabled:
@@ -176,6 +200,11 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                 emb = _umap(outputs["features"], cfg)
                 writer.save_array(fmt.EMBEDDING, emb)
 
+            with stages.stage("tour"):  # a presenter's striking examples, from the arrays written so far
+                from precompute.tour import write_tour
+
+                write_tour(writer, ds, outputs, list(estimators), mislabel_info, log)
+
             with stages.stage("write"):
                 # thumbnails of streamed data are rendered chunk by chunk into memmaps (write_display)
                 texts = {"train": write_display(writer, fmt.TRAIN_IMAGES, ds.images_train),
@@ -191,17 +220,44 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
             if mislabel_info is not None:
                 manifest["mislabels"] = mislabel_info
             manifest["memory_budget_bytes"] = budget
+            if dist.active:
+                manifest["distributed"] = {**dist.summary(), "training": cfg.train.distributed}
             manifest["peak_rss_mb"] = stages.peak_rss
             path = writer.finalize(manifest)
     except BaseException:
         if work.has_progress():
             log(f"kept the completed gradient-store chunks in {work.root}; rerun the same command to resume")
-        else:
+        elif dist.is_main:
             work.remove()
         raise
     work.remove()
     return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=max(stages.peak_rss.values(), default=peak_rss_mb()),
                             manifest=manifest)
+
+
+def _quiet(_msg: str) -> None:
+    """The log of ranks other than 0 (they report through rank 0)."""
+
+
+def _up_to_date(run_dir: Path, identity: dict[str, Any], overwrite: bool, dataset: SplitDataset | None,
+                cfg: RunConfig, dist: DistContext) -> bool:
+    """Whether an identical run already exists (then there is nothing to do). Rank 0 checks (it may finish
+    a killed swap or remove dead partial folders) and tells the others; its error is every rank's."""
+    verdict: tuple[bool, str | None] = (False, None)
+    if dist.is_main:
+        try:
+            same = existing_run_status(run_dir, identity, overwrite=overwrite) == "same"
+            if same:  # same config: the same data too? (a user's checkpoint is in the config: its sha256)
+                check_same_data(run_dir, (dataset if dataset is not None else load_dataset(cfg.data)).fingerprint())
+            verdict = (same, None)
+        except CacheError as exc:
+            if not dist.active:
+                raise
+            verdict = (False, str(exc))
+    same, error = dist.broadcast(verdict)
+    if error is not None:
+        raise CacheError(error)
+    return same
 
 
 @torch.no_grad()

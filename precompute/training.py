@@ -21,6 +21,7 @@ from torch import nn
 
 from precompute.config import TrainConfig
 from precompute.data.source import Rows, iter_rows, iter_slices
+from precompute.distributed.context import DistContext
 
 #: rows per forward pass when the full-batch objective is accumulated over a lazy ``x``
 FULL_BATCH_CHUNK = 1024
@@ -105,6 +106,12 @@ def evaluate(model: nn.Module, x: Rows, y: torch.Tensor, batch_size: int = 1024)
     return (torch.stack(losses).sum().item() / max(len(x), 1)), correct / max(len(x), 1)
 
 
+def _ddp_wrap(model: nn.Module, dist: DistContext) -> nn.Module:
+    """``model`` inside DistributedDataParallel (its parameters are shared: training updates ``model``)."""
+    ids = [dist.local_rank] if dist.backend == "nccl" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
 def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
     """Evenly spaced epochs (1-based) at which to snapshot, at most one per epoch; includes the last."""
     n = min(n_checkpoints, epochs)
@@ -121,11 +128,16 @@ def train_model(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     init_seed: int | None = None,
     record_trajectory: bool = False,
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from a seeded initialisation; return checkpoints and per-epoch metrics.
 
     ``record_trajectory``: also return the :class:`Trajectory` (batches and learning rates per step) of an
     ``sgd``/``adam`` run (full-batch ``lbfgs`` has none); training itself is unchanged.
+    ``dist`` (a torchrun launch, ``train.distributed = "ddp"``): every rank draws the same shuffled
+    minibatches and back-propagates its slice of each through DistributedDataParallel, with the loss
+    scaled so that the averaged gradient is the whole minibatch's mean (a step whose minibatch has
+    fewer rows than ranks is skipped).
     """
     torch.manual_seed(cfg.seed if init_seed is None else init_seed)
     for m in model.modules():
@@ -152,6 +164,10 @@ def train_model(
             momentum=float(group.get("momentum", 0.0)), betas=tuple(group.get("betas", (0.9, 0.999))),
             eps=float(group.get("eps", 1e-8)))
     n = len(x)
+    ddp = dist is not None and dist.active
+    if ddp and cfg.optimizer == "lbfgs":
+        raise ValueError("DDP training needs minibatches (optimizer adam or sgd)")
+    step_model = _ddp_wrap(model, dist) if ddp else model
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         if cfg.optimizer == "lbfgs":
@@ -168,13 +184,22 @@ def train_model(
         else:
             perm = torch.randperm(n, generator=gen)
             batches = [perm[s:s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
-            for idx, xb in zip(batches, iter_rows(x, batches), strict=True):
-                idx = idx.to(y.device)
+            if ddp:
+                batches = [b for b in batches if len(b) >= dist.world]
+                local = [b.tensor_split(dist.world)[dist.rank] for b in batches]
+            else:
+                local = batches
+            for idx, mine, xb in zip(batches, local, iter_rows(x, local), strict=True):
                 if result.trajectory is not None:
                     result.trajectory.batches.append(idx.detach().to("cpu", torch.int64).clone())
                     result.trajectory.lrs.append(float(opt.param_groups[0]["lr"]))
                 opt.zero_grad()
-                objective(model, xb, y[idx], cfg.weight_decay).backward()
+                mine = mine.to(y.device)
+                if ddp:  # DDP averages over ranks: sum over my rows / batch rows * world = the batch mean
+                    ce = nn.functional.cross_entropy(step_model(xb), y[mine], reduction="sum")
+                    (ce * (dist.world / len(idx)) + l2_penalty(model, cfg.weight_decay)).backward()
+                else:
+                    objective(model, xb, y[mine], cfg.weight_decay).backward()
                 opt.step()
         lr_used = opt.param_groups[0]["lr"]
         if sched is not None:

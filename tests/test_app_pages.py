@@ -21,7 +21,7 @@ from explorer.page_spec import PageSpec
 APP = str(Path(__file__).resolve().parent.parent / "explorer" / "app.py")
 PAGES = page_spec.discover()
 BY_KEY = {p.spec.key: p for p in PAGES}
-MENU = ["runs", "predictions", "influence", "embedding", "compare", "review", "trust"]
+MENU = ["runs", "predictions", "influence", "embedding", "compare", "review", "trust", "tour"]
 
 SELECTION = {"test": "42", "train": "7"}
 BAD_VALUES = {"test": "abc", "train": "-3", "method": "nonexistent", "k": "abc", "color": "nope", "a": "x",
@@ -36,6 +36,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "compare": ("Compare methods on test #", "Compare methods on test #42"),
     "review": ("Review suspected mislabels", "Review suspected mislabels"),
     "trust": ("Trust", "Trust"),
+    "tour": ("Tour: striking examples", "Tour: striking examples"),
 }
 #: pages that do not open a run (their text with a bad ``?run=``); every other one explains the name
 NO_RUN_NEEDED = {"runs": "Influence Explorer"}

@@ -120,7 +120,7 @@ def _open(md_run: Path, monkeypatch, page: str, **params: str) -> AppTest:
 LABELS = [md_escape(x) for x in MARKDOWN_LABELS]
 SHOWN = {"runs": [md_escape(MARKDOWN_DATASET)], "predictions": LABELS, "influence": LABELS, "compare": LABELS,
          "review": [md_escape(REVIEWER)], "embedding": ["&lt;img src=http://host.invalid/y.png&gt;"],
-         "trust": ["markdown"]}
+         "trust": ["markdown"], "tour": ["Tour: striking examples"]}
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -8,10 +8,11 @@ import streamlit as st
 
 from cache_format.evaluation import counterfactual_sentence
 from cache_format.names import SELF_INFLUENCE, TRAIN_NET_INFLUENCE
+from cache_format.runs import CacheProblem, build_command
 from components.cards import card_grid
 from components.figures import probability_figure
 from explorer import state, ui
-from explorer.data import RunView
+from explorer.data import RunView, TopK
 from explorer.page_spec import PageSpec
 from explorer.text import md_escape
 
@@ -19,6 +20,8 @@ PAGE = PageSpec(key="influence", title="Influence", icon=":material/compare_arro
                 params=("run", "test", "train", "method", "k"))
 
 CARDS_PER_ROW = 4
+#: session key of the label a misclassified point is explained toward ("true" / "predicted")
+TOWARD_KEY = "_ie_toward"
 
 
 def _default_test(v: RunView) -> int:
@@ -103,22 +106,65 @@ def _controls(v: RunView, test: int, default_k: int) -> tuple[str, int]:
     return method, k
 
 
-def _cards(v: RunView, test: int, method: str, k: int, label: int, present: bool) -> None:
-    top = v.top(method, test, k)
+def _cards(v: RunView, top: TopK, method: str, label: int, present: bool, predicted: bool = False) -> None:
+    """The proponent and opponent cards of ``top`` (toward ``label``: the true one, or the predicted one)."""
     name, shown = md_escape(v.class_names[label]), md_escape(method)
+    which = " (the prediction)" if predicted else ""
+    loss = f"the loss of label {name}, the model's prediction" if predicted else "this test point's loss"
     left, right = st.columns(2, gap="large")
     with left:
-        st.subheader(f":blue[Proponents]: pushed toward label {name}")
+        st.subheader(f":blue[Proponents]: pushed toward label {name}{which}")
         if not present:
-            st.caption(f"Training samples that most lower this test point's loss ({shown}). Click one to open it.")
+            st.caption(f"Training samples that most lower {loss} ({shown}). Click one to open it.")
         card_grid(ui.cards_for(v, "train", top.pro, top.pro_scores, top.scale, "pro", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
     with right:
-        st.subheader(f":red[Opponents]: pushed away from label {name}")
+        st.subheader(f":red[Opponents]: pushed away from label {name}{which}")
         if not present:
-            st.caption(f"Training samples that most raise this test point's loss ({shown}).")
+            st.caption(f"Training samples that most raise {loss} ({shown}).")
         card_grid(ui.cards_for(v, "train", top.opp, top.opp_scores, top.scale, "opp", label),
                   CARDS_PER_ROW, on_click=ui.open_train)
+
+
+def _toward_choice() -> str:
+    """Which label a misclassified point is explained toward: ``"true"`` (default) or ``"predicted"``
+    (kept in the session while stepping; the tour page sets it too)."""
+    return "predicted" if st.session_state.get(TOWARD_KEY) == "predicted" else "true"
+
+
+def _toward_toggle(v: RunView, label: int, pred: int) -> None:
+    """The toggle between the true label's top-k and the predicted label's (misclassified points only)."""
+    names = {"true": f"Toward the true label ({md_escape(v.class_names[label])})",  # labels render markdown
+             "predicted": f"Toward the predicted label ({md_escape(v.class_names[pred])})"}
+    choice = _toward_choice()
+    if st.session_state.get("w_toward") != choice:
+        st.session_state["w_toward"] = choice
+
+    def changed() -> None:
+        st.session_state[TOWARD_KEY] = st.session_state.get("w_toward") or "true"
+
+    st.segmented_control("Explain the prediction", list(names), key="w_toward", format_func=names.get,
+                         on_change=changed, help="Proponents toward the predicted label answer \"why did it "
+                         "predict that?\": the training samples that pushed the model toward its mistake.")
+
+
+def _explain(v: RunView, test: int, method: str, k: int, label: int, pred: int, present: bool) -> None:
+    """The cards toward the true label, or for a misclassified point chosen so, toward the predicted one."""
+    if label == pred or _toward_choice() == "true":
+        _cards(v, v.top(method, test, k), method, label, present)
+        return
+    try:
+        got = v.top_predicted(method, test, k)
+    except CacheProblem as exc:  # damaged predicted-label arrays: say so, keep the page
+        st.warning(exc.message, icon=":material/warning:")
+        return
+    if got is None:
+        st.info(f"Proponents toward the predicted label are not precomputed for this run (method "
+                f"{md_escape(method)}). Rebuild it with: `{build_command(v.name)} --overwrite`",
+                icon=":material/info:")
+        return
+    top, toward = got
+    _cards(v, top, method, toward, present, predicted=True)
 
 
 def test_view(v: RunView, test: int) -> None:
@@ -136,8 +182,10 @@ def test_view(v: RunView, test: int) -> None:
         method = state.selected_method(v.methods)
         hi = max(1, min(24, v.topk_max(method)))
         k = state.get_int_in("k", 1, hi, what="top k for this page") or min(4, hi)
-        _cards(v, test, method, k, label, present=True)
+        _explain(v, test, method, k, label, pred, present=True)
         st.caption(f"{ui.SIGN_LINE} Method: {md_escape(method)}.")
+        if label != pred:  # below the cards: they stay above the fold
+            _toward_toggle(v, label, pred)
         _stepper(v, test)
         return
     header(v, "test", test, title)
@@ -148,7 +196,9 @@ def test_view(v: RunView, test: int) -> None:
     if sentence:
         st.info(f"**Counterfactual check** (from `influence-explorer evaluate`): {md_escape(sentence)}",
                 icon=":material/science:")
-    _cards(v, test, method, k, label, present=False)
+    if label != pred:
+        _toward_toggle(v, label, pred)
+    _explain(v, test, method, k, label, pred, present=False)
 
 
 def train_view(v: RunView, train: int) -> None:

@@ -11,10 +11,12 @@ are kept: memory is ``O((n_test + n_train) k)``, never ``n_test x n_train``.
 from __future__ import annotations
 
 import mmap
+from pathlib import Path
 
 import numpy as np
 
 from cache_format import names as fmt
+from cache_format.atomic import atomic_write
 from precompute.cache.writer import CacheWriter
 
 #: the dense score memmap is flushed and its pages released after this many bytes of tiles
@@ -53,7 +55,7 @@ def topk_sorted(values: np.ndarray, k: int, axis: int = 1, largest: bool = True)
     return (idx, vals) if axis == 1 else (idx.T, vals.T)
 
 
-def _merge(ids: np.ndarray, vals: np.ndarray, new_ids: np.ndarray, new_vals: np.ndarray, k: int,
+def merge_topk(ids: np.ndarray, vals: np.ndarray, new_ids: np.ndarray, new_vals: np.ndarray, k: int,
            largest: bool) -> tuple[np.ndarray, np.ndarray]:
     """Merge running top-k ``(ids, vals) [m, k]`` with candidates ``[m, w]``; returns the new ``[m, k]``."""
     all_ids = np.concatenate([ids, new_ids], axis=1)
@@ -66,12 +68,20 @@ def _merge(ids: np.ndarray, vals: np.ndarray, new_ids: np.ndarray, new_vals: np.
 class ScoreWriter:
     """Receives score tiles for one method and writes every derived array on :meth:`close`."""
 
-    def __init__(self, writer: CacheWriter, method: str, n_test: int, n_train: int, topk: int, dense: bool = True):
+    def __init__(self, writer: CacheWriter | None, method: str, n_test: int, n_train: int, topk: int,
+                 dense: bool = True, dense_path: str | Path | None = None):
+        """``writer=None`` (another rank of a torchrun launch): fold tiles only, writing dense rows into
+        the ``.npy`` at ``dense_path`` that rank 0's writer created; :meth:`save_shard` hands the rest over."""
         self.writer, self.method, self.dense = writer, method, dense
         self.n_test, self.n_train = n_test, n_train
         self.k_row = min(topk, n_train)
         self.k_col = min(topk, n_test)
-        self.scores = writer.open_array(fmt.SCORES, (n_test, n_train), np.float32, method) if dense else None
+        if not dense:
+            self.scores = None
+        elif writer is not None:
+            self.scores = writer.open_array(fmt.SCORES, (n_test, n_train), np.float32, method)
+        else:
+            self.scores = np.load(dense_path, mmap_mode="r+", allow_pickle=False)
         self.top_pro = np.full((n_test, self.k_row), -1, np.int32)
         self.top_pro_s = np.full((n_test, self.k_row), -np.inf, np.float32)
         self.top_opp = np.full((n_test, self.k_row), -1, np.int32)
@@ -111,16 +121,51 @@ class ScoreWriter:
                 self._release()
         cols = np.broadcast_to(np.arange(c0, c1, dtype=np.int32), tile.shape)
         rs = slice(r0, r1)
-        self.top_pro[rs], self.top_pro_s[rs] = _merge(self.top_pro[rs], self.top_pro_s[rs], cols, tile, self.k_row, True)
-        self.top_opp[rs], self.top_opp_s[rs] = _merge(self.top_opp[rs], self.top_opp_s[rs], cols, tile, self.k_row,
+        self.top_pro[rs], self.top_pro_s[rs] = merge_topk(self.top_pro[rs], self.top_pro_s[rs], cols, tile, self.k_row, True)
+        self.top_opp[rs], self.top_opp_s[rs] = merge_topk(self.top_opp[rs], self.top_opp_s[rs], cols, tile, self.k_row,
                                                       False)
         rows = np.broadcast_to(np.arange(r0, r1, dtype=np.int32)[None, :], (c1 - c0, r1 - r0))
         cs, t = slice(c0, c1), tile.T
-        self.helped_idx[cs], self.helped_val[cs] = _merge(self.helped_idx[cs], self.helped_val[cs], rows, t,
+        self.helped_idx[cs], self.helped_val[cs] = merge_topk(self.helped_idx[cs], self.helped_val[cs], rows, t,
                                                           self.k_col, True)
-        self.hurt_idx[cs], self.hurt_val[cs] = _merge(self.hurt_idx[cs], self.hurt_val[cs], rows, t, self.k_col, False)
+        self.hurt_idx[cs], self.hurt_val[cs] = merge_topk(self.hurt_idx[cs], self.hurt_val[cs], rows, t, self.k_col, False)
         self.col_sum[c0:c1] += tile.sum(axis=0, dtype=np.float64)
         self.covered[r0:r1] += c1 - c0
+
+    @property
+    def dense_path(self) -> str | None:
+        """The dense matrix's file (for the other ranks of a torchrun launch)."""
+        return None if self.scores is None else str(self.scores.filename)
+
+    # ------------------------------------------------------------------ torchrun: one writer per rank
+    _SHARD = ("top_pro", "top_pro_s", "top_opp", "top_opp_s", "col_sum", "helped_idx", "helped_val", "hurt_idx",
+              "hurt_val", "covered")
+
+    def save_shard(self, path: str | Path, self_influence: np.ndarray) -> None:
+        """Write this rank's folded state (and its self-influence blocks, zero elsewhere) to ``path``."""
+        if self.scores is not None:
+            self._release()
+            self.scores = None
+        arrays = {k: getattr(self, k) for k in self._SHARD} | {"self_influence": self_influence}
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+    def absorb_shard(self, path: str | Path, self_influence: np.ndarray) -> None:
+        """Merge another rank's :meth:`save_shard` into this one (its test rows are disjoint from ours;
+        per-column top-k by the same total order, so the merge is exact); adds its self-influence blocks
+        into ``self_influence`` in place."""
+        with np.load(path, allow_pickle=False) as z:
+            rows = np.flatnonzero(z["covered"] > 0)
+            if (self.covered[rows] > 0).any():
+                raise RuntimeError(f"{self.method}: {path}: test rows scored by two ranks")
+            for k in ("top_pro", "top_pro_s", "top_opp", "top_opp_s"):
+                getattr(self, k)[rows] = z[k][rows]
+            self.covered += z["covered"]
+            self.col_sum += z["col_sum"]
+            self.helped_idx, self.helped_val = merge_topk(self.helped_idx, self.helped_val, z["helped_idx"],
+                                                      z["helped_val"], self.k_col, True)
+            self.hurt_idx, self.hurt_val = merge_topk(self.hurt_idx, self.hurt_val, z["hurt_idx"], z["hurt_val"],
+                                                  self.k_col, False)
+            self_influence += z["self_influence"]
 
     def close(self, self_influence: np.ndarray) -> None:
         """Flush and save the derived arrays; every (row, column) must have been scored exactly once."""

@@ -131,15 +131,21 @@ def output_cotangents(logits: torch.Tensor, y: torch.Tensor, fisher: str,
     return [p[:, c:c + 1].sqrt() * (eye[c] - p) for c in range(p.shape[1])]
 
 
+def batch_generator(seed: int, start: int) -> torch.Generator:
+    """The sampled-Fisher generator of the training batch starting at row ``start``."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + start)
+
+
 def capture(task: InfluenceTask, layers: list[KronLayer], fisher: str, batch_size: int,
             fn: Callable[[list[torch.Tensor], list[torch.Tensor], bool], None], seed: int = 0) -> None:
     """For each training batch and each Fisher cotangent call ``fn(acts, grads, first)`` with
     ``acts[k] [b, L, in']`` and ``grads[k] [b, L, out]`` for every layer k, in the model's dtype
     (callers accumulate in float64): one forward, then C backwards for ``ggn`` and one otherwise.
     ``first`` is True for the first cotangent of a batch (the activations are the same for all).
-    ``sampled`` labels come from a generator seeded with ``seed``, so two passes see the same draws."""
+    ``sampled`` labels come from a generator seeded with ``seed`` and the batch's start row, so two
+    passes, and any split of the batches over processes, see the same draws. In a torchrun launch only
+    this rank's batches are visited (``task.fit_batch_starts``): callers all-reduce their sums."""
     model = task.model
-    generator = torch.Generator().manual_seed(seed)
     store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(k: int):
@@ -152,8 +158,9 @@ def capture(task: InfluenceTask, layers: list[KronLayer], fisher: str, batch_siz
 
     handles = [lay.module.register_forward_hook(hook_for(k)) for k, lay in enumerate(layers)]
     try:
-        for s in range(0, task.n_train, batch_size):
+        for s in task.fit_batch_starts(batch_size):
             x, y = task.x_train[s:s + batch_size], task.y_train[s:s + batch_size]
+            generator = batch_generator(seed, s)
             store.clear()
             with torch.enable_grad():
                 logits = model(x)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from precompute.influence._kron import output_cotangents
+from precompute.influence._kron import batch_generator, output_cotangents
 
 #: dense/identity groups up to this many compressed columns get a full covariance, above it a diagonal
 FULL_BLOCK_MAX = 4096
@@ -114,6 +114,12 @@ class ProjectedKron:
                     b.s_sum += v.T @ v if b.s_sum.dim() == 2 else (v * v).sum(0)
 
         self._passes(task, fisher, seed, batch_size, on_layer, on_rows, first_of_batch)
+        kron = [b for b in self.blocks if b.kron]
+        counts = torch.tensor([float(b.positions) for b in kron], **kw)
+        task.all_reduce_sum_([*(t for b in kron for t in (b.a_sum, b.s_sum)),
+                              *(b.s_sum for b in self.blocks if not b.kron), counts])
+        for b, c in zip(kron, counts.tolist(), strict=True):
+            b.positions = int(c)
         n = task.n_train
         for b in self.blocks:
             if b.kron:
@@ -145,6 +151,7 @@ class ProjectedKron:
                     diag[b.name] += (rot * rot).sum(0)
 
         self._passes(task, fisher, seed, batch_size, None, on_rows, [False])
+        task.all_reduce_sum_(list(diag.values()))
         for b in self.blocks:
             if b.kron:
                 b.eig = diag[b.name] / task.n_train
@@ -154,9 +161,9 @@ class ProjectedKron:
         """One pass over the training set: per batch and Fisher cotangent v ``[b, C]``, the compressed
         pseudo-gradients ``J^T v`` (loss ``<logits, v>``) go to ``on_rows`` and the layer sides to ``on_layer``."""
         model, comp = task.model, self.compressor
-        generator = torch.Generator().manual_seed(seed)
-        for s in range(0, task.n_train, batch_size):
+        for s in task.fit_batch_starts(batch_size):
             x, y = task.x_train[s:s + batch_size], task.y_train[s:s + batch_size]
+            generator = batch_generator(seed, s)
             with torch.no_grad():
                 logits = model(x)
             idx = torch.arange(len(x), device=x.device)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from precompute.config import check_damping
+from precompute.distributed.context import SINGLE, DistContext
 from precompute.errors import ConfigError, MethodError
 from precompute.gradients import LossFn, cross_entropy_loss, per_sample_gradients
 from precompute.influence.registry import register as _register
@@ -120,12 +121,24 @@ class InfluenceTask:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     batch_size: int = 512
     loss_fn: LossFn = cross_entropy_loss
-    progress: Callable[[str, int], Any] | None = None
+    #: ``progress(label, done, total)``: long fits report their steps (e.g. Hessian columns) here
+    progress: Callable[[str, int, int], Any] | None = None
     #: a fitted ``precompute.compression.GradientCompressor``: methods that declare
     #: ``capabilities.compressed_store`` then work on compressed gradients (:meth:`features`)
     compressor: Any = None
     #: the built-in trainer's recorded run (``precompute.training.Trajectory``), or None
     trajectory: Any = None
+    #: the process group of a torchrun launch: fits that sum statistics over the training set split
+    #: its batches by rank (:meth:`fit_batch_starts`) and sum over ranks (:meth:`all_reduce_sum_`)
+    dist: DistContext = SINGLE
+
+    def fit_batch_starts(self, batch_size: int) -> range:
+        """Start rows of the training batches this process accumulates (all of them in one process)."""
+        return self.dist.batch_starts(self.n_train, batch_size)
+
+    def all_reduce_sum_(self, tensors: list[torch.Tensor]) -> None:
+        """Sum per-rank partial statistics over ranks, in place (identity in one process)."""
+        self.dist.all_reduce_sum_(tensors)
 
     @property
     def n_train(self) -> int:

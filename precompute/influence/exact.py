@@ -80,7 +80,9 @@ class ExactInfluence(InfluenceEstimator):
                                   loss_fn=task.loss_fn)
         dtype = next(task.model.parameters()).dtype
         dev = task.x_train.device
-        H = explicit_hessian(hvp, p, dtype=dtype, device=dev).to(torch.float64)
+        report = task.progress
+        H = explicit_hessian(hvp, p, dtype=dtype, device=dev, progress=None if report is None else
+                             lambda k: report("Hessian columns", k, p)).to(torch.float64)
         lam = self.damping_for(task)
         self.hessian_, self.lam_ = H, lam
         self._spectrum: torch.Tensor | None = None

@@ -144,6 +144,9 @@ class _KroneckerEstimator(InfluenceEstimator):
 
         self.fisher_ = self._resolve_fisher(task)
         capture(task, layers, self.fisher_, bs, accumulate, self.config.seed)
+        counts = torch.tensor(positions, **kw)  # a torchrun launch: every rank ends with the same sums
+        task.all_reduce_sum_([*a_sum, *s_sum, counts])
+        positions = [int(c) for c in counts.tolist()]
         self.factors_: list[KronFactors] = []
         for k, lay in enumerate(layers):
             A, S = a_sum[k] / positions[k], s_sum[k] / n  # A: mean over samples and positions; S: sum over positions
@@ -179,6 +182,7 @@ class _KroneckerEstimator(InfluenceEstimator):
                 accumulate(acts, grads, first)
         else:
             capture(task, layers, self.fisher_, bs, accumulate, self.config.seed)
+        task.all_reduce_sum_(diag)
         for f, d in zip(self.factors_, diag, strict=True):
             f.eig = d / task.n_train
 

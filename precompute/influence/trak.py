@@ -113,11 +113,13 @@ class TRAK(InfluenceEstimator):
                 gen = torch.Generator().manual_seed(self.config.seed + j)
                 proj = torch.randn(p, k, generator=gen, dtype=torch.float64) / k ** 0.5
                 self.projections_.append(proj.to(dtype=model_dtype(task), device=task.x_train.device))
-            gram = None
-            for s in range(0, task.n_train, task.batch_size):  # streamed: phi is never [n, k] in memory
+            probe = self._phi(j, task.x_train[:1], task.y_train[:1])
+            gram = torch.zeros(probe.shape[1], probe.shape[1], dtype=torch.float64, device=probe.device)
+            for s in task.fit_batch_starts(task.batch_size):  # streamed: phi is never [n, k] in memory
                 phi = self._phi(j, task.x_train[s:s + task.batch_size], task.y_train[s:s + task.batch_size])
-                gram = phi.T @ phi if gram is None else gram + phi.T @ phi
-            gram = gram / task.n_train
+                gram += (phi.T @ phi).to(torch.float64)  # summed in float64: any split over ranks agrees
+            task.all_reduce_sum_([gram])
+            gram = (gram / task.n_train).to(probe.dtype)
             lam = AUTO_DAMPING_SCALE * float(gram.trace()) / len(gram) if raw == "auto" else float(raw)
             self.lams_.append(lam)
             evals, evecs = torch.linalg.eigh(gram)

@@ -131,10 +131,14 @@ class GradientStore:
         atomic_write_json(record, {"rows": [start, stop], "bytes": data.stat().st_size, "sha256": _sha256(data)})
 
     def fill(self, compute: Callable[[int, int], np.ndarray], on_chunk: Callable[[int, int], Any] | None = None,
-             ) -> list[int]:
+             share: Callable[[list[int]], list[int]] | None = None) -> list[int]:
         """Compute every missing chunk with ``compute(start, stop) -> [stop - start, k]``; returns the
-        chunk ids computed (an interrupted fill resumes with the rest)."""
+        chunk ids computed (an interrupted fill resumes with the rest). ``share`` picks this process's
+        part of the missing chunks (a torchrun launch: ``DistContext.mine``); the others are left to
+        the other processes, which write into the same folder."""
         todo = self.missing()
+        if share is not None:
+            todo = share(todo)
         for i in todo:
             start, stop = self.rows(i)
             self.write_chunk(i, compute(start, stop))
@@ -152,6 +156,13 @@ class GradientStore:
         """``(start_row, chunk [rows, k])`` for every chunk, in order."""
         for i in range(self.spec.n_chunks):
             yield self.rows(i)[0], self.chunk(i)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` ``[stop - start, k]``: a view of one chunk, or a copy gathered across chunks."""
+        r = self.spec.chunk_rows
+        first, last = start // r, max(stop - 1, start) // r
+        parts = [self.chunk(i)[max(start - i * r, 0):stop - i * r] for i in range(first, last + 1)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def read(self) -> np.ndarray:
         """The whole matrix ``[n, k]`` in memory (small stores, tests)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from precompute.cache.scores import ScoreWriter
+from precompute.distributed.context import SINGLE, DistContext
 from precompute.influence.base import InfluenceEstimator, InfluenceTask
 from precompute.store.gradient_store import GradientStore
 
@@ -46,11 +47,17 @@ def _chunk_tensor(chunk: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return _readonly_tensor(chunk).to(device=like.device, dtype=like.dtype)
 
 
+def test_blocks(n_test: int, test_block: int, dist: DistContext = SINGLE) -> list[tuple[int, int]]:
+    """This process's ``(start, stop)`` test blocks: block ``b`` is rows ``b*test_block:(b+1)*test_block``."""
+    return [(s, min(s + test_block, n_test)) for b, s in enumerate(range(0, n_test, test_block)) if dist.owns(b)]
+
+
 def score_against_store(est: InfluenceEstimator, store: GradientStore, x_test: torch.Tensor, y_test: torch.Tensor,
-                        sink: ScoreWriter, test_block: int, tick: Callable[[int], Any] | None = None) -> None:
-    """Score every test row against every store chunk into ``sink`` (``x_test [n_test, ...]``)."""
-    for s in range(0, len(x_test), test_block):
-        e = min(s + test_block, len(x_test))
+                        sink: ScoreWriter, test_block: int, tick: Callable[[int], Any] | None = None,
+                        dist: DistContext = SINGLE) -> None:
+    """Score this process's test blocks (all of them in one process) against every store chunk into ``sink``
+    (``x_test [n_test, ...]``)."""
+    for s, e in test_blocks(len(x_test), test_block, dist):
         q = est.query_factors(x_test[s:e], y_test[s:e]).detach()
         for c0, chunk in store.iter_chunks():
             tile = est.scores(q, _chunk_tensor(chunk, q))
@@ -67,33 +74,17 @@ def self_influence_rows(est: InfluenceEstimator, batch_size: int) -> int:
 
 
 def self_influence_from_store(est: InfluenceEstimator, task: InfluenceTask, store: GradientStore,
-                              batch_size: int) -> np.ndarray:
+                              batch_size: int, dist: DistContext = SINGLE) -> np.ndarray:
     """``score(i, i)`` for every training sample ``[n_train]`` float64, the train side read from the store
-    in blocks of :func:`self_influence_rows` rows (gathered across store chunks when a block spans them)."""
+    in blocks of :func:`self_influence_rows` rows (gathered across store chunks when a block spans them).
+    In a torchrun launch each rank fills its blocks (block ``b`` is rank ``b % world``'s) and leaves the
+    others at zero; the blocks are the same whatever the world size, so the values are too."""
     out = np.zeros(task.n_train, np.float64)
     rows = self_influence_rows(est, batch_size)
-    pending: list[np.ndarray] = []
-    start = filled = 0
-
-    def flush() -> None:
-        nonlocal start, filled
-        if not filled:
-            return
-        t = _readonly_tensor(pending[0] if len(pending) == 1 else np.concatenate(pending)).to(task.x_train.device)
-        a, b = start, start + filled
-        out[a:b] = est.self_influence(task.x_train[a:b], task.y_train[a:b], t).detach().to("cpu", torch.float64).numpy()
-        pending.clear()
-        start, filled = b, 0
-
-    for c0, chunk in store.iter_chunks():
-        assert c0 == start + filled, "store chunks come in row order"
-        s = 0
-        while s < len(chunk):
-            take = min(rows - filled, len(chunk) - s)
-            pending.append(chunk[s:s + take])
-            filled += take
-            s += take
-            if filled == rows:
-                flush()
-    flush()
+    for b, a in enumerate(range(0, task.n_train, rows)):
+        if not dist.owns(b):
+            continue
+        e = min(a + rows, task.n_train)
+        t = _readonly_tensor(store.read_rows(a, e)).to(task.x_train.device)
+        out[a:e] = est.self_influence(task.x_train[a:e], task.y_train[a:e], t).detach().to("cpu", torch.float64).numpy()
     return out

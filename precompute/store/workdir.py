@@ -25,10 +25,12 @@ def identity_key(identity: dict[str, Any]) -> str:
 
 
 class WorkDir:
-    def __init__(self, run_dir: Path, identity: dict[str, Any], log: Callable[[str], None] = print):
+    def __init__(self, run_dir: Path, identity: dict[str, Any], log: Callable[[str], None] = print,
+                 clean: bool = True):
+        """``clean``: remove this run's work folders of other configs (rank 0 of a torchrun launch only)."""
         self.run_dir, self.log = Path(run_dir), log
         self.root = self.run_dir.parent / f".{self.run_dir.name}.work-{identity_key(identity)}"
-        for other in self.run_dir.parent.glob(f".{self.run_dir.name}.work-*"):
+        for other in self.run_dir.parent.glob(f".{self.run_dir.name}.work-*") if clean else ():
             if other != self.root and other.is_dir():
                 shutil.rmtree(other, ignore_errors=True)
         self.resumed = self.root.is_dir()
