@@ -9,10 +9,14 @@ first run on a machine compiles. Precompute only: the UI never imports umap.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +51,10 @@ def _enable_numba_cache() -> None:
     from numba.core.registry import CPUDispatcher
 
     numba.config.CACHE_DIR = str(folder)
-    import umap  # noqa: F401  (imports its submodules; jitted at first call, not at import)
+    if "umap" not in sys.modules:
+        with warnings.catch_warnings(), _cache_by_default(numba):
+            warnings.simplefilter("ignore")
+            import umap  # noqa: F401  (imports its submodules; most are jitted at first call)
 
     for name, mod in list(sys.modules.items()):
         if name.split(".")[0] not in ("umap", "pynndescent") or mod is None:
@@ -58,6 +65,30 @@ def _enable_numba_cache() -> None:
                     fn.enable_caching()
                 except Exception:  # noqa: BLE001 - an uncachable function compiles in memory as before
                     pass
+
+
+@contextmanager
+def _cache_by_default(numba: Any) -> Iterator[None]:
+    """While umap and pynndescent are imported, ``numba.njit``/``numba.jit`` default to ``cache=True``:
+    the functions with an explicit signature (umap.utils' ``tau_rand_int``, ``tau_rand``) compile eagerly
+    at import, before :func:`_enable_numba_cache` could switch their caching on (a small saving: ~0.1
+    CPU-s per process on the digits, measured A/B in fresh processes)."""
+    originals = {name: getattr(numba, name) for name in ("njit", "jit")}
+
+    def caching(decorator: Any) -> Any:
+        @functools.wraps(decorator)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("cache", True)
+            return decorator(*args, **kwargs)
+        return wrapper
+
+    try:
+        for name, fn in originals.items():
+            setattr(numba, name, caching(fn))
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(numba, name, fn)
 
 
 def exact_knn(f: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

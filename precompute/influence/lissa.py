@@ -8,11 +8,26 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 from precompute.errors import ConfigError, MethodError
 from precompute.influence._common import as_model_dtype, damped_hvp, gradients64
 from precompute.influence.arnoldi import arnoldi_eigs
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+#: work per query of the default ("auto") depth x batch_size: depth x batch_size x the model's
+#: forward multiply-adds per sample (:func:`sample_cost`) stays under it. 2e8 gives digits-logreg
+#: (cost 2,400, the floor) depth 1000 x batch 83, the digits MLP (2,410) 1000 x 82 and caps the digits
+#: CNN (25,408; its per-sample HVP costs ~15-25x the MLP's on 2 cores, more than its multiply-adds
+#: say) at 245 x 32. Measured at 1 thread (docs/benchmarks.md): logreg 27 s, MLP 57 s, CNN 82 s
+#: (~50 s estimated on 2 quiet cores), self-influence included, against 93 s / ~90 s / ~1,000 s before
+QUERY_WORK_BUDGET = 2e8
+#: floor of the cost per sample: below a few thousand multiply-adds a per-sample HVP costs about the same
+#: (framework overhead: digits-logreg's 650 cost 0.74 us per sample-vector on 1 thread, the MLP's 2,410
+#: 0.73 us)
+MIN_SAMPLE_COST = 2400
+#: bounds of the "auto" rule: batch_size shrinks first (down to AUTO_MIN_BATCH), then depth
+AUTO_MAX_DEPTH, AUTO_MIN_DEPTH, AUTO_MAX_BATCH, AUTO_MIN_BATCH = 1000, 50, 256, 32
 
 
 @dataclass
@@ -20,15 +35,17 @@ class LiSSAConfig(MethodConfig):
     """``depth``: recursion steps; ``scale``: s > largest eigenvalue of H + lambda I, or ``"auto"`` =
     2 x the top eigenvalue from 20 Lanczos steps on the full H; ``repeats``: independent runs averaged;
     ``batch_size``: training samples per stochastic HVP (None = the full training set, deterministic);
-    ``tol``: relative change of the estimate over the last 10% of steps above which it warns; ``seed``;
-    ``self_depth``: recursion steps for self-influence, where every training sample is a query (None =
-    ``depth // 10``; its own convergence check is reported as ``self_max_relative_change``);
-    ``self_block``: training samples per self-influence recursion (one batched HVP per step)."""
+    ``depth``/``batch_size`` ``"auto"``: from a work budget per query (``QUERY_WORK_BUDGET``, see
+    :func:`auto_depth_batch`); ``tol``: relative change of the estimate over the last 10% of steps above
+    which it warns; ``seed``; ``self_depth``: recursion steps for self-influence, where every training
+    sample is a query (None = ``depth // 10``; its own convergence check is reported as
+    ``self_max_relative_change``); ``self_block``: training samples per self-influence recursion (one
+    batched HVP per step)."""
 
-    depth: int = 1000
+    depth: int | str = "auto"
     scale: float | str = "auto"
     repeats: int = 1
-    batch_size: int | None = 256
+    batch_size: int | str | None = "auto"
     tol: float = 1e-2
     seed: int = 0
     self_depth: int | None = None
@@ -38,12 +55,15 @@ class LiSSAConfig(MethodConfig):
         super().validate()
         for key in ("depth", "repeats", "self_block"):
             v = getattr(self, key)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"influence.options.lissa.{key}: must be an integer >= 1 (got {v!r})")
+            if key == "depth" and v == "auto":
+                continue
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                more = ' or "auto"' if key == "depth" else ""
+                raise ConfigError(f"influence.options.lissa.{key}: must be an integer >= 1{more} (got {v!r})")
         if self.scale != "auto" and (not isinstance(self.scale, int | float) or self.scale <= 0):
             raise ConfigError(f"influence.options.lissa.scale: must be a number > 0 or \"auto\" (got {self.scale!r})")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigError(f"influence.options.lissa.batch_size: must be an integer >= 1 or omitted "
+        if self.batch_size not in (None, "auto") and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"influence.options.lissa.batch_size: must be an integer >= 1 or \"auto\" "
                               f"(got {self.batch_size!r})")
         if self.self_depth is not None and (not isinstance(self.self_depth, int) or self.self_depth < 1):
             raise ConfigError(f"influence.options.lissa.self_depth: must be an integer >= 1 or omitted "
@@ -51,6 +71,50 @@ class LiSSAConfig(MethodConfig):
         if not isinstance(self.tol, int | float) or self.tol <= 0:
             raise ConfigError(f"influence.options.lissa.tol: must be a number > 0 (got {self.tol!r})")
         return self
+
+
+def forward_macs(model: nn.Module, x1: torch.Tensor) -> int:
+    """Multiply-adds of one sample's forward pass through the weighted leaf modules (``x1 [1, *input]``):
+    ``weight.numel()`` per output position (1 for Linear, H x W for Conv2d). A deterministic stand-in
+    for the cost of one per-sample HVP."""
+    total = 0
+
+    def count(m: nn.Module, _args: Any, out: Any) -> None:
+        nonlocal total
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and isinstance(out, torch.Tensor) and out.dim() >= 2:
+            total += w.numel() * (out.numel() // max(out.shape[0] * out.shape[1], 1))
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def sample_cost(model: nn.Module, x1: torch.Tensor) -> int:
+    """Cost units of one per-sample HVP: the forward multiply-adds of ``x1 [1, *input]`` (at least the
+    parameter count, for models whose layers the count does not see, and ``MIN_SAMPLE_COST``);
+    deterministic."""
+    return max(forward_macs(model, x1), sum(t.numel() for t in model.parameters()), MIN_SAMPLE_COST)
+
+
+def auto_depth_batch(depth: int | str, batch: int | str | None, cost_per_sample: int, n: int) -> tuple[int, int]:
+    """Resolve ``"auto"`` depth / batch size so that depth x batch x ``cost_per_sample`` stays within
+    ``QUERY_WORK_BUDGET`` (explicit values are kept): batch = budget / (1000 x cost) in [32, 256] (at most
+    n), then depth = budget / (batch x cost) in [50, 1000]. ``batch = None`` is the full set (n)."""
+    samples = QUERY_WORK_BUDGET / max(cost_per_sample, 1)  # sample-HVPs one query may cost
+    if batch == "auto":
+        want = samples / (AUTO_MAX_DEPTH if depth == "auto" else int(depth))
+        batch = int(min(max(want, AUTO_MIN_BATCH), AUTO_MAX_BATCH))
+    b = n if batch is None else min(int(batch), n)
+    if depth == "auto":
+        depth = int(min(max(samples / b, AUTO_MIN_DEPTH), AUTO_MAX_DEPTH))
+    return int(depth), b
 
 
 class LiSSA(InfluenceEstimator):
@@ -73,6 +137,9 @@ class LiSSA(InfluenceEstimator):
     def fit(self, task: InfluenceTask) -> LiSSA:
         super().fit(task)
         self.lam_ = self.damping_for(task)
+        cfg = self.config
+        self.cost_ = sample_cost(task.model, task.x_train[:1])
+        self.depth_, self.batch_ = auto_depth_batch(cfg.depth, cfg.batch_size, self.cost_, task.n_train)
         if self.config.scale == "auto":
             top = arnoldi_eigs(damped_hvp(task, 0.0), task.space.size, 20, self.config.seed,
                               task.x_train.device)[0].max().item()
@@ -85,7 +152,11 @@ class LiSSA(InfluenceEstimator):
     @property
     def self_depth(self) -> int:
         d = self.config.self_depth
-        return max(self.config.depth // 10, 1) if d is None else d
+        return max(self._require_depth() // 10, 1) if d is None else d
+
+    def _require_depth(self) -> int:
+        self._require_fit()
+        return self.depth_
 
     def self_influence_block(self) -> int:
         """Training rows per self-influence call (the store gathers them across chunks)."""
@@ -96,12 +167,12 @@ class LiSSA(InfluenceEstimator):
 
     def _run(self, g: torch.Tensor, gen: torch.Generator, depth: int | None = None,
              stat: str = "max_relative_change") -> torch.Tensor:
-        """``h_T / scale`` ``[b, p]`` for the rows of ``g`` after ``depth`` steps (default ``config.depth``);
+        """``h_T / scale`` ``[b, p]`` for the rows of ``g`` after ``depth`` steps (default: the resolved depth);
         the convergence check goes to ``stats_[stat]``."""
         task = self._require_fit()
         cfg, n, s = self.config, task.n_train, self.scale_
-        depth = cfg.depth if depth is None else depth
-        bs = n if cfg.batch_size is None else min(cfg.batch_size, n)
+        depth = self.depth_ if depth is None else depth
+        bs = self.batch_
         full = damped_hvp(task, self.lam_) if bs == n else None
         limit = 10.0 * s / max(self.lam_ + task.weight_decay, 1e-12 * s) if self.lam_ + task.weight_decay > 0 else 1e8
         g_norm = g.norm(dim=1).clamp_min(1e-300)
@@ -151,5 +222,5 @@ class LiSSA(InfluenceEstimator):
         return (s * g).sum(dim=1)
 
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lam_, "scale": self.scale_, "depth": self.config.depth,
-                "self_depth": self.self_depth, **self.stats_}
+        return {"damping": self.lam_, "scale": self.scale_, "depth": self.depth_, "batch_size": self.batch_,
+                "self_depth": self.self_depth, "cost_per_sample": self.cost_, **self.stats_}
