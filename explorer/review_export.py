@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from cache_format.atomic import atomic_write
 from cache_format.runs import RunCache
 from explorer.annotations import AnnotationError, AnnotationStore
 from explorer.state import cache_dir
@@ -30,17 +31,22 @@ def export_panel(run: RunCache, store: AnnotationStore, given: np.ndarray, run_n
                            file_name=f"{run_name}.excluded.csv", mime="text/csv", key=K + "dl_excluded",
                            help="the training indices marked 'exclude' (one 'index' column)")
         st.caption("Exports carry every decision with its comment and bulk-action id. The cleaned labels keep an "
-                   "excluded sample's given label: `--labels-override` relabels, it does not drop samples, so drop "
-                   "the excluded ones (the excluded samples CSV) from your data yourself.")
+                   "excluded sample's given label; `--exclude` with the excluded samples CSV drops those samples "
+                   "(both files use this run's training indices).")
         target = cache_dir() / f"{run_name}.cleaned_labels.csv"
-        if st.button("Save cleaned labels beside the cache", key=K + "save_clean"):
+        dropped = cache_dir() / f"{run_name}.excluded.csv"
+        if st.button("Save cleaned labels (and excluded samples) beside the cache", key=K + "save_clean"):
             try:
                 store.write_cleaned_labels(target, given)
-                st.success(f"wrote {md_code(target)}")
+                wrote = [target]
+                if len(excluded):
+                    atomic_write(dropped, store.excluded_csv(run.n_train))
+                    wrote.append(dropped)
+                st.success("wrote " + ", ".join(md_code(p) for p in wrote))
             except OSError as exc:
                 st.error(md_escape(f"{target.name}: cannot write ({exc.strerror or exc}); download the file instead"))
         st.code(f"influence-explorer precompute --config <run config> --name {run_name}-cleaned "
-                f"--labels-override {target}", language="bash")
+                f"--labels-override {target}" + (f" --exclude {dropped}" if len(excluded) else ""), language="bash")
         up = st.file_uploader("Import decisions (CSV or JSON export)", type=["csv", "json"], key=K + "upload")
         if up is not None and st.button("Import", key=K + "import"):
             _import(store, up.getvalue(), up.name, run.n_train, len(run.class_names))

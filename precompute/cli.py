@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "row i weights where flipped labels of class i go (default: a nearest-centroid confusion matrix)")
     pre.add_argument("--labels-override", metavar="FILE",
                      help="CSV index,label of training labels to use (e.g. cleaned labels exported by the review page)")
+    pre.add_argument("--exclude", metavar="FILE",
+                     help="CSV with an 'index' column of training samples to drop (the review page's excluded samples; "
+                          "same indices as --labels-override)")
     pre.add_argument("--no-mislabels", dest="mislabels", action="store_false", default=None,
                      help="skip the suspected-mislabel rankings")
     pre.add_argument("--mislabel-folds", type=int, help="k-fold retrains for cleanlab's out-of-fold probabilities "
@@ -141,7 +144,7 @@ def _load_run_config(args: argparse.Namespace):
         "train.seed": args.seed, "influence.damping": args.damping, "influence.params": args.params,
         "influence.topk": args.topk, "data.label_noise": args.label_noise, "data.noise_seed": args.noise_seed,
         "data.noise_kind": args.noise_kind, "data.noise_pairs": args.noise_pairs, "data.noise_matrix": args.noise_matrix,
-        "data.labels_override": args.labels_override, "mislabels.enabled": args.mislabels,
+        "data.labels_override": args.labels_override, "data.exclude": args.exclude, "mislabels.enabled": args.mislabels,
         "mislabels.folds": args.mislabel_folds, "mislabels.detector": args.mislabel_detector,
         "device": args.device, "memory_budget": args.memory_budget, "chunk_rows": args.chunk_rows,
         "influence.store_scores": args.store_scores,

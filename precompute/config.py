@@ -72,6 +72,9 @@ class DataConfig:
     classifier on the clean training split) or ``class_conditional`` (that share of each class flips
     to the other classes in proportion to the rows of ``noise_matrix`` [C, C], a list of rows or a
     ``.npy`` path; without one, the nearest-centroid confusion matrix). See docs/mislabels.md.
+    ``exclude`` is a CSV with an ``index`` column (the review page's excluded samples): those training
+    samples are dropped after noise and ``labels_override`` (both in the reviewed run's indices); the
+    rest keep their ``source_index``.
     ``labels_override`` is a CSV ``index,label`` (e.g. the review page's cleaned labels) applied to
     the training labels after any noise; ``labels_override_sha256`` is filled in by ``validate()``
     so that a changed file changes the run's identity (and triggers a rebuild).
@@ -89,6 +92,8 @@ class DataConfig:
     noise_matrix_sha256: str | None = None
     labels_override: str | None = None
     labels_override_sha256: str | None = None
+    exclude: str | None = None
+    exclude_sha256: str | None = None
     path: str | None = None
     image_mode: str | None = None
     image_size: list[int] | None = None
@@ -139,6 +144,13 @@ class DataConfig:
             self.labels_override_sha256 = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
         else:
             self.labels_override_sha256 = None
+        self.exclude_sha256 = None
+        if self.exclude is not None:
+            p = Path(self.exclude)
+            if not p.is_file():
+                raise ConfigError(f"{p}: exclude file not found; pass an existing CSV with an 'index' column (the "
+                                  "review page's excluded samples) to --exclude (or data.exclude)")
+            self.exclude, self.exclude_sha256 = str(p.resolve()), file_sha256(p)[:16]
 
 
     def _validate_noise(self) -> None:

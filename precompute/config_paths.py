@@ -19,7 +19,7 @@ def file_sha256(path: str | Path) -> str:
 
 #: file paths of a config, resolved against the config file's folder when relative (``"file.py:func"``
 #: specs: the file part); paths given as flags stay relative to the current folder
-CONFIG_PATHS = {"data": ("path", "labels_override", "noise_matrix", "factory"), "model": ("factory", "checkpoint")}
+CONFIG_PATHS = {"data": ("path", "labels_override", "exclude", "noise_matrix", "factory"), "model": ("factory", "checkpoint")}
 
 
 def resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:

@@ -215,6 +215,7 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                                  [file_sha256(writer.path(f"checkpoints/checkpoint_{i:02d}.pt"))
                                   for i in range(len(trained.checkpoints))])
             manifest["dataset"]["labels_override"] = ds.extra.get("labels_override")
+            manifest["dataset"]["excluded"] = ds.extra.get("excluded")  # {path, rows} with data.exclude
             if "label_noise" in ds.extra:
                 manifest["dataset"]["noise"] = ds.extra["label_noise"]  # kind, pairs/matrix used, n_flipped
             if mislabel_info is not None:

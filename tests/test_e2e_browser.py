@@ -159,6 +159,13 @@ def test_click_prediction_shows_proponents(server: str, digits_run: Path, page, 
     page.screenshot(path=str(shots / "compare.png"))
     assert (shots / "influence.png").stat().st_size > 10_000
 
+    page.goto(f"{server}/tour?run=digits")  # the presenter's tour, chosen in precompute; opens its examples
+    _settle(page, "h1:has-text('Tour: striking examples')")
+    page.screenshot(path=str(shots / "tour.png"))
+    page.locator("button:has-text('→')").first.click()
+    _settle(page, "h1:has-text('#')")
+    assert "/influence" in page.url or "/compare" in page.url, page.url
+
     if noisy is not None:
         page.goto(f"{server}/review?run={noisy.name}")
         _settle(page, "h2:has-text('Review suspected mislabels')")

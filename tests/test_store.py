@@ -159,3 +159,16 @@ def test_writing_a_dense_score_matrix_does_not_keep_it_resident(tmp_path):
 
     extra = grew_mb("dense") - grew_mb("topk")  # the top-k folding's own temporaries cancel out
     assert extra < 120, extra  # 200 MB of scores written; pages are released every 64 MB
+
+
+def test_a_big_store_is_cut_into_many_chunks_whatever_the_process_count():
+    """Many chunks let torchrun ranks share a store evenly (and a resume redo little); the rule has no
+    world-size input, so a run resumed with another number of processes finds the same chunks."""
+    from precompute.store.gradient_store import MIN_CHUNK_ROWS, MIN_CHUNKS, chunk_rows_for
+
+    budget = (3 << 30) // 8
+    rows = chunk_rows_for(4046, "float32", budget, 20_000)
+    assert rows == MIN_CHUNK_ROWS and -(-20_000 // rows) >= 16
+    assert -(-1_000_000 // chunk_rows_for(4046, "float32", budget, 1_000_000)) >= MIN_CHUNKS
+    assert chunk_rows_for(650, "float32", budget, 1437) == MIN_CHUNK_ROWS  # a small store: few, big chunks
+    assert chunk_rows_for(4046, "float32", 1 << 20, 20_000) == (1 << 20) // (4046 * 12)  # the budget still caps

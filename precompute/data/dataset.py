@@ -342,3 +342,52 @@ def apply_labels_override(ds: SplitDataset, path: str) -> SplitDataset:
     ds.extra["labels_override"] = {"path": str(path), "rows": int(len(idx)),
                                    "changed": int((before != ds.y_train).sum())}
     return ds
+
+
+def read_exclude(path: str, n_train: int) -> np.ndarray:
+    """Training indices to drop, from a CSV with an ``index`` column (the review page's excluded samples);
+    sorted ``[m]``. Raises :class:`DataError` naming the file, the line and the fix."""
+    import csv
+
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            cols = [c.strip() for c in (reader.fieldnames or [])]
+            if "index" not in cols:
+                raise DataError(f"{path}: the exclude file needs an 'index' column (found {cols}); use the review "
+                                "page's excluded samples CSV")
+            reader.fieldnames = cols
+            values = [(row.get("index") or "").strip() for row in reader]
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the exclude file ({exc.strerror or exc}); pass a readable CSV") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: the exclude file is not UTF-8 text; pass a CSV with an 'index' column") from None
+    idx = np.zeros(len(values), np.int64)
+    for r, v in enumerate(values):
+        if not v.isdigit() or not 0 <= int(v) < n_train:
+            raise DataError(f"{path}: line {r + 2}: index {v!r} is not a training index 0..{n_train - 1} "
+                            "(was the file made for another run?)")
+        idx[r] = int(v)
+    idx = np.unique(idx)
+    if len(idx) >= n_train:
+        raise DataError(f"{path}: it excludes every training sample; keep at least one")
+    return idx
+
+
+def apply_exclude(ds: SplitDataset, path: str) -> SplitDataset:
+    """Drop the training samples listed in ``path`` (after noise and any labels override); the others keep
+    their ``train_source_index``. Streamed inputs and thumbnails stay lazy (a row subset)."""
+    from precompute.data.display import subset_display
+    from precompute.data.source import SampleSource, SubsetSource, subset_rows
+
+    drop = read_exclude(path, ds.n_train)
+    keep = np.setdiff1d(np.arange(ds.n_train), drop)
+    x = ds.x_train
+    ds.x_train = SubsetSource(x, keep) if isinstance(x, SampleSource) else subset_rows(x, keep)
+    ds.images_train = subset_display(ds.images_train, keep)
+    for name in ("y_train", "y_train_original", "flipped", "train_source_index"):
+        setattr(ds, name, np.asarray(getattr(ds, name))[keep])
+    if "train_paths" in ds.extra:
+        ds.extra["train_paths"] = [ds.extra["train_paths"][i] for i in keep]
+    ds.extra["excluded"] = {"path": str(path), "rows": int(len(drop))}
+    return ds

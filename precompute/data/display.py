@@ -204,3 +204,28 @@ def write_display(writer: Any, name: str, images: np.ndarray | DisplaySource) ->
         if texts is not None:
             texts.extend(t or [])
     return texts
+
+
+class SubsetDisplay(DisplaySource):
+    """The thumbnails of rows ``index`` of another display (training samples left after an exclusion)."""
+
+    def __init__(self, base: DisplaySource, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, np.int64)
+        self.kind, self.n, self.image_shape = base.kind, len(self.index), base.image_shape
+        self.work_bytes_per_row = base.work_bytes_per_row
+
+    def render(self, start: int, stop: int) -> tuple[np.ndarray, list[str] | None]:
+        rows = self.index[start:stop]
+        images, texts = [], []
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1  # runs of consecutive base rows, rendered together
+        for run in np.split(rows, cuts) if len(rows) else []:
+            img, txt = self.base.render(int(run[0]), int(run[-1]) + 1)
+            images.append(img)
+            texts.append(txt)
+        out = np.concatenate(images) if images else np.zeros((0, *self.image_shape), np.uint8)
+        return out, (None if not texts or texts[0] is None else [t for part in texts for t in part])
+
+
+def subset_display(images: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` of thumbnails: an array's copy, or a lazy :class:`SubsetDisplay`."""
+    return SubsetDisplay(images, index) if isinstance(images, DisplaySource) else np.asarray(images)[index]

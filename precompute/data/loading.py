@@ -4,7 +4,12 @@ relabelled. Image folders, npz and factories come back streamed (inputs read by 
 from __future__ import annotations
 
 from precompute.config import DataConfig
-from precompute.data.dataset import SplitDataset, apply_label_noise, apply_labels_override
+from precompute.data.dataset import (
+    SplitDataset,
+    apply_exclude,
+    apply_label_noise,
+    apply_labels_override,
+)
 from precompute.data.digits import load_digits_split
 from precompute.data.image_folder import load_image_folder
 from precompute.data.npy import load_npz
@@ -35,4 +40,6 @@ def load_dataset(cfg: DataConfig) -> SplitDataset:
         apply_label_noise(ds, cfg)  # symmetric, pairs or class-conditional (data.noise_kind)
     if cfg.labels_override:
         apply_labels_override(ds, cfg.labels_override)
+    if cfg.exclude:  # after the override: both use the reviewed run's training indices
+        apply_exclude(ds, cfg.exclude)
     return ds

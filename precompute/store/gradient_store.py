@@ -53,10 +53,18 @@ class StoreSpec:
         return -(-self.n // self.chunk_rows)
 
 
+#: a big store is cut into at least this many chunks (so that a torchrun launch deals them out evenly
+#: and a resume recomputes little), but a chunk keeps at least MIN_CHUNK_ROWS rows
+MIN_CHUNKS, MIN_CHUNK_ROWS = 32, 1024
+
+
 def chunk_rows_for(k: int, dtype: str, budget_bytes: int, n: int) -> int:
-    """Rows per chunk so that one chunk (plus its float64 scoring copy) stays within ``budget_bytes``."""
+    """Rows per chunk so that one chunk (plus its float64 scoring copy) stays within ``budget_bytes``, and
+    a big store has at least :data:`MIN_CHUNKS` chunks. It never depends on the number of processes, so
+    a run resumed with another world size finds the same chunks."""
     per_row = k * (np.dtype(dtype).itemsize + 8)
-    return int(max(1, min(n if n > 0 else 1, budget_bytes // max(per_row, 1))))
+    spread = max(MIN_CHUNK_ROWS, -(-n // MIN_CHUNKS))
+    return int(max(1, min(n if n > 0 else 1, budget_bytes // max(per_row, 1), spread)))
 
 
 def _sha256(path: Path) -> str:

@@ -93,8 +93,8 @@ def run_method(name: str, est: InfluenceEstimator, task: InfluenceTask, x_test: 
     probe = est.train_factors(task.x_train[:1], task.y_train[:1])
     width = int(probe.shape[1])
     dtype = str(probe.dtype).replace("torch.", "") if store_dtype == "auto" else store_dtype
-    rows = chunk_rows or chunk_rows_for(width, dtype, max(budget // (8 * dist.local_world), 1 << 20), n_train)
-    rows = dist.broadcast(rows)  # one chunking for every rank (budgets may differ between machines)
+    rows = chunk_rows or chunk_rows_for(width, dtype, max(budget // 8, 1 << 20), n_train)  # budget: per process
+    rows = dist.broadcast(rows)  # one chunking for every rank (explicit budgets may differ between machines)
     spec = StoreSpec(n=n_train, k=width, dtype=dtype, chunk_rows=rows,
                      fingerprint=store_fingerprint(name, est, task, *fingerprints))
     store = work.store(name, spec) if dist.is_main else None
