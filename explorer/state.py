@@ -94,8 +94,8 @@ def selected_run_name() -> str | None:
 
 #: parameters kept on every page (presenter mode)
 GLOBAL = ("present",)
-PARAMS = ("run", "test", "train", "method", "k", "color", "a", "b", "classes", "outcome", "conf", "sort", "p",
-          "reviewer", *GLOBAL)
+PARAMS = ("run", "test", "train", "method", "k", "toward", "color", "a", "b", "classes", "outcome", "conf", "sort",
+          "p", "reviewer", *GLOBAL)
 _SESSION_KEY = "_ie_params"
 #: session key of the training samples sent from the embedding map to the review queue
 REVIEW_SELECTION = "review_selection"

@@ -164,6 +164,14 @@ def test_the_toggle_shows_the_predicted_labels_topk_for_a_mistake_only(digits_ru
     assert _card_ids(at, "pro") == got.pro[i, :8].tolist() and _card_ids(at, "opp") == got.opp[i, :8].tolist()
     pred_name = run.class_names[int(test.loc[wrong, "pred"])]
     assert any(f"pushed toward label {pred_name} (the prediction)" in h.value for h in at.subheader)
+    assert at.query_params["toward"] in ("predicted", ["predicted"])  # in the URL: a bookmark opens the same explanation
+    linked = _app(digits_run.parent, monkeypatch, page="influence", run="digits", test=wrong, method="graddot",
+                  toward="predicted")
+    assert _card_ids(linked, "pro") == got.pro[i, :8].tolist()
+    bogus = _app(digits_run.parent, monkeypatch, page="influence", run="digits", test=wrong, method="graddot",
+                 toward="sideways")
+    assert any("toward" in w.value and "predicted" in w.value for w in bogus.warning)  # said, not silent
+    assert _card_ids(bogus, "pro") == run.method_array("graddot", "top_proponents")[wrong, :8].tolist()
     # presenter mode (a fresh session: the true label first) has the toggle too, below the cards
     at = _app(digits_run.parent, monkeypatch, page="influence", run="digits", test=wrong, method="graddot", present=1)
     assert _toggles(at) == ["w_toward"] and _card_ids(at, "pro") == run.method_array(

@@ -17,11 +17,12 @@ from explorer.page_spec import PageSpec
 from explorer.text import md_escape
 
 PAGE = PageSpec(key="influence", title="Influence", icon=":material/compare_arrows:", order=30,
-                params=("run", "test", "train", "method", "k"))
+                params=("run", "test", "train", "method", "k", "toward"))
 
 CARDS_PER_ROW = 4
 #: session key of the label a misclassified point is explained toward ("true" / "predicted")
-TOWARD_KEY = "_ie_toward"
+#: the labels a misclassified point can be explained toward (URL ``toward``)
+TOWARD = ("true", "predicted")
 
 
 def _default_test(v: RunView) -> int:
@@ -128,8 +129,8 @@ def _cards(v: RunView, top: TopK, method: str, label: int, present: bool, predic
 
 def _toward_choice() -> str:
     """Which label a misclassified point is explained toward: ``"true"`` (default) or ``"predicted"``
-    (kept in the session while stepping; the tour page sets it too)."""
-    return "predicted" if st.session_state.get(TOWARD_KEY) == "predicted" else "true"
+    (the URL's ``toward``, so a bookmark or a slide keeps it; kept while stepping; the tour sets it)."""
+    return state.get_choice("toward", TOWARD, "label to explain toward") or "true"
 
 
 def _toward_toggle(v: RunView, label: int, pred: int) -> None:
@@ -141,7 +142,8 @@ def _toward_toggle(v: RunView, label: int, pred: int) -> None:
         st.session_state["w_toward"] = choice
 
     def changed() -> None:
-        st.session_state[TOWARD_KEY] = st.session_state.get("w_toward") or "true"
+        value = st.session_state.get("w_toward") or "true"
+        state.set_param("toward", None if value == "true" else value)  # the default stays out of the URL
 
     st.segmented_control("Explain the prediction", list(names), key="w_toward", format_func=names.get,
                          on_change=changed, help="Proponents toward the predicted label answer \"why did it "

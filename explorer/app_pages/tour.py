@@ -8,7 +8,6 @@ import streamlit as st
 from cache_format.runs import build_command
 from cache_format.tour import TourEntry, TourProblem, read_tour
 from explorer import state, ui
-from explorer.app_pages.influence import TOWARD_KEY
 from explorer.page_spec import PageSpec
 from explorer.text import md_escape
 
@@ -22,8 +21,8 @@ def _open(e: TourEntry) -> None:
         state.goto("compare")
         return
     if e.split == "test":
-        st.session_state[TOWARD_KEY] = e.view  # the influence view explains the predicted label if asked
-        state.set_params(test=e.index, train=None, method=e.method)
+        state.set_params(test=e.index, train=None, method=e.method,  # explained toward the predicted label if asked
+                         toward=e.view if e.view == "predicted" else None)
     else:
         state.set_params(train=e.index, method=e.method)
     state.goto("influence")
