@@ -5,7 +5,7 @@ Usage: ``.venv/bin/python bench/bench_cli_stages.py [--runs 3] [--threads 2] [--
 
 Runs ``influence-explorer precompute --sample S --methods M --out TMP --overwrite --no-progress`` in
 fresh processes, ``--runs`` times, and prints the process wall and CPU time (imports included; on a
-shared, overloaded CPU the CPU time is the steadier figure), the manifest's
+shared, overloaded CPU the CPU time is the steadier figure; it includes the map's helper process), the manifest's
 per-stage timings and each method's split (fit / train factors / test scores / self-influence).
 ``--cold`` points the first run at an empty numba cache (``NUMBA_CACHE_DIR``): the first run on a
 machine, which compiles UMAP's kernels; the later runs reuse that cache (the normal case). Only the
@@ -39,7 +39,8 @@ def one_run(out: Path, args: argparse.Namespace, env: dict[str, str]) -> dict:
         sys.exit(f"precompute failed:\n{proc.stderr.read()[-2000:] if proc.stderr else status}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "stages": manifest["timings"],
-            "methods": {m: info.get("timings", {}) for m, info in manifest["methods"].items()}}
+            "methods": {m: info.get("timings", {}) for m, info in manifest["methods"].items()},
+            "embedding": manifest.get("embedding", {})}
 
 
 def main() -> None:
@@ -69,6 +70,11 @@ def main() -> None:
     print(f"| median of runs 2.. | {statistics.median(r['wall'] for r in warm):.1f} | "
           f"{statistics.median(r['cpu'] for r in warm):.1f} | "
           + " | ".join(f"{statistics.median(r['stages'].get(s, 0) for r in warm):.2f}" for s in stages) + " |")
+    emb = [r["embedding"] for r in warm]
+    if emb and all(e.get("mode") == "background" for e in emb):
+        print(f"\nembedding drawn in the background: layout {statistics.median(e['worker_seconds'] for e in emb):.2f} s "
+              f"in the helper process, of which the embedding stage waited "
+              f"{statistics.median(e['waited_seconds'] for e in emb):.2f} s (process CPU includes the helper)")
     for m in runs[0]["methods"]:
         parts = {k: statistics.median(r["methods"][m].get(k, 0) for r in warm) for k in runs[0]["methods"][m]}
         print(f"\n{m}: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))

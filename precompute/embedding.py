@@ -102,7 +102,10 @@ def exact_knn(f: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def umap_embedding(features: np.ndarray, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
     """2-D UMAP of standardised ``features [n, d]`` -> ``[n, 2]`` float32. Leaves torch's intra-op thread
     count as it found it (the OpenMP runtimes that numba/scikit-learn load can reset it, which changed the
-    bits of a later training in the same process)."""
+    bits of a later training in the same process); a process without torch (the background worker,
+    :mod:`precompute.embedding_worker`) does not import it."""
+    if "torch" not in sys.modules:
+        return _umap_embedding(features, n_neighbors, min_dist, seed)
     import torch
 
     threads = torch.get_num_threads()

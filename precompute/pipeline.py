@@ -23,6 +23,7 @@ from precompute.data import SplitDataset, load_dataset
 from precompute.data.display import write_display
 from precompute.data.source import as_model_input
 from precompute.distributed.context import DistContext, init_from_env
+from precompute.embedding_worker import BackgroundEmbedding
 from precompute.errors import CacheError, ConfigError
 from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence.registry import check_influence_config
@@ -82,12 +83,16 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                    overwrite: bool = False, progress: bool = True,
                    log: Callable[[str], None] = print, dataset: SplitDataset | None = None,
                    model: torch.nn.Module | None = None,
-                   checkpoints: list[Checkpoint] | None = None) -> PrecomputeResult:
+                   checkpoints: list[Checkpoint] | None = None,
+                   background_embedding: bool | BackgroundEmbedding = False) -> PrecomputeResult:
     """Build the cache for ``cfg``; returns immediately if an identical complete run exists.
 
     ``dataset`` / ``model`` (+ ``checkpoints``) hand over in-memory data and an already trained
     model (the Python API); otherwise the data comes from ``cfg.data`` and the model is trained
     from ``cfg.model``/``cfg.train`` or loaded from the user's ``model.factory`` + ``checkpoint``.
+    ``background_embedding``: compute the 2-D map in a helper process started now, or in the one
+    given (the CLI starts it before its own imports): umap's import overlaps training and its layout
+    the influence stages; the same map, bit for bit. The process is closed when this returns.
     """
     cfg.validate()
     check_influence_config(cfg.influence)
@@ -97,6 +102,8 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     identity = cfg.identity()
     if _up_to_date(run_dir, identity, overwrite, dataset, cfg, dist):
         log(f"{run_dir} is up to date (same config and data); nothing to do. Pass --overwrite to rebuild.")
+        if isinstance(background_embedding, BackgroundEmbedding):
+            background_embedding.close()
         return PrecomputeResult(path=run_dir, skipped=True)
     estimators = {m: get_estimator(m, cfg.influence.options.get(m)) for m in cfg.influence.methods}
     device = resolve_device(cfg.device)
@@ -106,6 +113,13 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
     t_start = time.perf_counter()
     work = WorkDir(run_dir, identity, log, clean=dist.is_main)
     dist.barrier()  # rank 0 removed stale work folders before any rank writes
+    background = background_embedding if isinstance(background_embedding, BackgroundEmbedding) else (
+        BackgroundEmbedding(log) if background_embedding else None)
+    if background is not None:
+        background.log = log
+        if not dist.is_main:  # rank 0 draws the map
+            background.close()
+            background = None
     try:
         with CacheWriter(run_dir) if dist.is_main else nullcontext() as writer:
             with stages.stage("data"):
@@ -162,6 +176,9 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                     outputs = _predictions(model, x_tr, y_tr, x_te, y_te)
                     for name, arr in outputs["arrays"].items():
                         writer.save_array(name, arr)
+                if background is not None:
+                    background.submit(outputs["features"], work.root / "embedding", cfg.embedding.n_neighbors,
+                                      cfg.embedding.min_dist, cfg.embedding.seed)
 
             space = ParamSpace(model, select_parameters(model, cfg.influence.params))
             compressor = build_compressor(cfg, model, space, x_tr, list(estimators.values()), budget, log)
@@ -196,8 +213,12 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
                                                        checkpoints=trained.checkpoints, work_root=work.root,
                                                        budget=budget)
 
+            embedding_info: dict[str, Any] = {"mode": "in-process"}
             with stages.stage("embedding"):
-                emb = _umap(outputs["features"], cfg)
+                if background is not None:  # started with the run: only what is left of it is waited for
+                    emb, embedding_info = background.result()
+                else:
+                    emb = _umap(outputs["features"], cfg)
                 writer.save_array(fmt.EMBEDDING, emb)
 
             with stages.stage("tour"):  # a presenter's striking examples, from the arrays written so far
@@ -224,13 +245,18 @@ def run_precompute(cfg: RunConfig, cache_dir: str | Path = "cache", run_dir: str
             if dist.active:
                 manifest["distributed"] = {**dist.summary(), "training": cfg.train.distributed}
             manifest["peak_rss_mb"] = stages.peak_rss
+            manifest["embedding"] = embedding_info
             path = writer.finalize(manifest)
     except BaseException:
+        if background is not None:
+            background.close()
         if work.has_progress():
             log(f"kept the completed gradient-store chunks in {work.root}; rerun the same command to resume")
         elif dist.is_main:
             work.remove()
         raise
+    if background is not None:
+        background.close()
     work.remove()
     return PrecomputeResult(path=path, timings=stages.timings, peak_rss_mb=max(stages.peak_rss.values(), default=peak_rss_mb()),
                             manifest=manifest)

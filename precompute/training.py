@@ -118,6 +118,22 @@ def checkpoint_epochs(epochs: int, n_checkpoints: int) -> list[int]:
     return sorted({int(round(e)) for e in np.linspace(epochs / n, epochs, n)})
 
 
+def init_parameters(model: nn.Module, seed: int) -> None:
+    """The seeded initialisation every training starts from: ``reset_parameters()`` of each submodule,
+    in ``modules()`` order, after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+
+
+def minibatch_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The ``adam`` / ``sgd`` (momentum 0.9) optimizer of the built-in recipe over ``params``."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+
+
 def train_model(
     model: nn.Module,
     x: Rows,
@@ -139,15 +155,10 @@ def train_model(
     scaled so that the averaged gradient is the whole minibatch's mean (a step whose minibatch has
     fewer rows than ranks is skipped).
     """
-    torch.manual_seed(cfg.seed if init_seed is None else init_seed)
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
-            m.reset_parameters()
+    init_parameters(model, cfg.seed if init_seed is None else init_seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    elif cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    if cfg.optimizer in ("adam", "sgd"):
+        opt: torch.optim.Optimizer = minibatch_optimizer(model.parameters(), cfg)
     else:
         opt = torch.optim.LBFGS(model.parameters(), lr=cfg.lr, max_iter=20, history_size=50,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-10, tolerance_change=1e-14)

@@ -23,6 +23,19 @@ def build_sample_run(cache_dir: Path, sample: str, **overrides) -> Path:
     return result.path
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_as_found():
+    """Every test leaves torch's intra-op thread count as it found it: float reductions depend on it, and
+    a count left at 1 by one test (umap/numba/scikit-learn's OpenMP runtimes can reset it) changed the
+    bits a later module compared against."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """A cache folder shared by the session's sample runs."""
