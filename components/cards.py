@@ -1,7 +1,10 @@
-"""Sample cards: a thumbnail, labels, a score bar and badges, with a button that opens the sample.
+"""Sample cards: a thumbnail, labels, a score bar and badges, with a button (or a page link) that
+opens the sample.
 
 ``card_html`` and ``score_bar_html`` are pure (unit-tested); ``card_grid`` lays cards out with
-Streamlit, one ``st.button`` per card (``st.image`` has no click event).
+Streamlit: per card one ``st.html`` body (cheaper for the browser than markdown) and one
+``st.button``, or with ``link`` one ``st.page_link`` (a page switch in one script run, and a real
+link: a middle click opens it in a new tab).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import html
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -23,7 +27,7 @@ _MD = {ord(c): f"&#{ord(c)};" for c in "![]`$*~|\\"}
 _BARE_URL = re.compile(r"(?i)\b(https?:|www)(?=//|\.)")
 
 
-def _esc(text: object) -> str:
+def html_text(text: object) -> str:
     """Text from a cache (a label, a file path) for the card's HTML: escaped for HTML and markdown (a
     bare URL gets an invisible word joiner after its scheme, so markdown never makes it a link)."""
     return _BARE_URL.sub("\\1\u2060", html.escape(str(text)).translate(_MD))
@@ -60,15 +64,15 @@ def badge_html(text: str, color: str = "#b26a00", background: str = "#fff3e0") -
     """A small rounded label (e.g. 'label ≠ 3')."""
     return (f'<span class="ie-badge" style="display:inline-block;font-size:0.72rem;padding:1px 7px;margin:2px 2px 0 0;'
             f'border-radius:9px;color:{color};background:{background};border:1px solid {color}55">'
-            f"{_esc(text)}</span>")
+            f"{html_text(text)}</span>")
 
 
 def card_html(card: Card, image_px: int = 96) -> str:
     """The card body (image, lines, score bar, badges) as one HTML block."""
     parts = [
         f'<div class="ie-card" style="border-top:4px solid {card.accent};padding-top:6px;text-align:center">',
-        f'<img class="ie-img" src="{html.escape(card.image_uri)}" alt="{_esc(card.alt)}"'
-        + (f' title="{_esc(card.title)}"' if card.title else "")
+        f'<img class="ie-img" src="{html.escape(card.image_uri)}" alt="{html_text(card.alt)}"'
+        + (f' title="{html_text(card.title)}"' if card.title else "")
         + f' width="{image_px}" height="{image_px}" '
         f'style="image-rendering:pixelated;border-radius:4px;width:100%;max-width:{image_px}px;height:auto;aspect-ratio:1/1;object-fit:contain;background:#000"/>',
         '<div style="font-size:0.82rem;line-height:1.35;margin-top:4px;text-align:left">',
@@ -82,25 +86,46 @@ def card_html(card: Card, image_px: int = 96) -> str:
     return re.sub(r"[\r\n\f\v\u2028\u2029]+", " ", "".join(parts))
 
 
-#: the whole card (thumbnail included) is its button: the button's ``::after`` stretches over the
+#: the whole card (thumbnail included) is its button or link: its ``::after`` stretches over the
 #: bordered container (the "stretched link" pattern; ``st.image`` / HTML have no click event)
-CARD_CSS = ("<style>div[class*='st-key-iecard_']{position:relative}"
-            "div[class*='st-key-iecard_'] [data-testid=stElementContainer],"
-            "div[class*='st-key-iecard_'] [data-testid=stButton],"
-            "div[class*='st-key-iecard_'] [data-testid=stButton] button{position:static!important}"
-            "div[class*='st-key-iecard_'] [data-testid=stButton] button::after{content:'';position:absolute;"
-            "inset:0;z-index:1;cursor:pointer}"
-            "div[class*='st-key-iecard_']:hover{box-shadow:0 0 0 2px #2166ac55;border-radius:0.5rem}</style>")
+_CARD = "div[class*='st-key-iecard_']"
+CARD_CSS = ("<style>" + _CARD + "{position:relative}"
+            f"{_CARD} [data-testid=stElementContainer],{_CARD} [data-testid=stButton],{_CARD} [data-testid=stButton] button,"
+            f"{_CARD} [data-testid=stPageLink],{_CARD} [data-testid=stPageLink] *{{position:static!important}}"
+            f"{_CARD} [data-testid=stButton] button::after,{_CARD} [data-testid=stPageLink-NavLink]::after{{content:'';"
+            "position:absolute;inset:0;z-index:1;cursor:pointer}"
+            f"{_CARD} [data-testid=stPageLink-NavLink]{{justify-content:center;border:1px solid rgba(49,51,63,0.2);"
+            "border-radius:0.5rem;min-height:2.5rem;margin:0}"
+            f"{_CARD} [data-testid=stPageLink-NavLink] [data-testid=stIconMaterial]{{display:none}}"
+            f"{_CARD}:hover [data-testid=stPageLink-NavLink]{{border-color:#2166ac}}"
+            f"{_CARD}:hover{{box-shadow:0 0 0 2px #2166ac55;border-radius:0.5rem}}</style>")
 
 
-def card_grid(cards: Sequence[Card], n_cols: int, on_click: Callable[[int], None], image_px: int = 96) -> None:
-    """Cards in rows of ``n_cols``; clicking a card (its thumbnail, text or button) calls
-    ``on_click(card.value)`` before the rerun."""
-    if cards:
-        st.html(CARD_CSS)
-    for start in range(0, len(cards), n_cols):
-        cols = st.columns(n_cols, gap="small")
-        for col, card in zip(cols, cards[start:start + n_cols], strict=False):
-            with col.container(border=True, key=f"iecard_{card.key}"):
-                st.markdown(card_html(card, image_px), unsafe_allow_html=True)
-                st.button(card.button, key=card.key, on_click=on_click, args=(card.value,), width="stretch")
+def grid_css(n_cols: int) -> str:
+    """The style of a card grid of ``n_cols`` per row: every card one column wide (the row's gap,
+    "small", is 1rem); two per row on a narrow screen."""
+    sel = f"div[class*='st-key-iegrid{n_cols}_']>div"
+    return (f"<style>{sel}{{flex:0 0 calc((100% - {n_cols - 1}rem) / {n_cols})!important;min-width:0!important}}"
+            f"@media (max-width:640px){{{sel}{{flex-basis:calc((100% - 1rem) / 2)!important}}}}</style>")
+
+
+def card_grid(cards: Sequence[Card], n_cols: int, on_click: Callable[[int], None] | None = None,
+              image_px: int = 96, link: Callable[[int], tuple[Any, dict[str, str]]] | None = None) -> None:
+    """Cards in rows of ``n_cols`` (one wrapping row); clicking a card (its thumbnail, text or button) calls
+    ``on_click(card.value)`` before the rerun, or with ``link`` opens ``link(card.value)`` = (an
+    ``st.Page``, its query parameters) as a page link."""
+    if not cards:
+        return
+    if (on_click is None) == (link is None):
+        raise ValueError("card_grid needs exactly one of on_click and link")
+    st.html(CARD_CSS + grid_css(n_cols))
+    # one wrapping row of cards, not st.columns per row: about 20 fewer blocks for the browser to lay out
+    with st.container(horizontal=True, gap="small", key=f"iegrid{n_cols}_{cards[0].key}"):
+        for card in cards:
+            with st.container(border=True, key=f"iecard_{card.key}"):
+                st.html(card_html(card, image_px))
+                if link is not None:
+                    page, params = link(card.value)
+                    st.page_link(page, label=card.button, query_params=params, width="stretch")
+                else:
+                    st.button(card.button, key=card.key, on_click=on_click, args=(card.value,), width="stretch")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from components.colors import DIVERGING, NEUTRAL, OPPONENT, PROPONENT, class_color
+from components.colors import DIVERGING, OPPONENT, PROPONENT, class_color
 
 STAR_COLOR = "#ffc400"
 OVERLAY_NAMES = ("proponent links", "opponent links", "top-k", "selected")
@@ -279,20 +279,3 @@ def is_click(event: Mapping[str, Any] | None) -> bool:
         return False
     sel = event.get("selection") or {}
     return len(sel.get("points") or []) == 1 and not sel.get("box") and not sel.get("lasso")
-
-
-def probability_figure(probs: np.ndarray, class_names: Sequence[str], true: int, pred: int,
-                       height: int = 230) -> go.Figure:
-    """Bar chart of class probabilities ``[n_classes]``: predicted class in its colour, true class outlined."""
-    p = np.asarray(probs, dtype=np.float64)
-    colors = [class_color(i) if i == pred else NEUTRAL for i in range(len(p))]
-    line_w = [3 if i == true else 0 for i in range(len(p))]
-    text = ["true" if i == true and i == pred else "true" if i == true else "pred" if i == pred else ""
-            for i in range(len(p))]
-    fig = go.Figure(go.Bar(x=[plot_text(c) for c in class_names], y=p, marker=dict(color=colors, line=dict(color="black", width=line_w)),
-                           text=text, textposition="outside", hovertemplate="class %{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=20, b=10), plot_bgcolor="white",
-                      yaxis=dict(range=[0, 1.15], title="probability", gridcolor="#eee"),
-                      xaxis=dict(type="category", title="class"))
-    return fig
-

@@ -8,6 +8,8 @@ The menu is built from the pages' own declarations (:mod:`explorer.page_spec`): 
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from cache_format.runs import CacheProblem
@@ -39,6 +41,7 @@ def _opened_at_root() -> bool:
 
 
 def main() -> None:
+    started = time.perf_counter()
     st.set_page_config(page_title="Influence Explorer", page_icon=":material/hub:", layout="wide",
                        initial_sidebar_state="collapsed")
     st.html("<style>[data-testid=stMainBlockContainer]{padding-top:3rem}</style>")
@@ -63,7 +66,7 @@ def main() -> None:
     ui.sidebar()
     params = {k: v for k, v in state.url_params().items() if k in specs[key].params}
     try:
-        with perf.timed(key, params):
+        with perf.timed(key, params, started):
             try:
                 current.run()
             except CacheProblem as exc:  # a file that went missing after the run was opened and checked

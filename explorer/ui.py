@@ -6,7 +6,7 @@ Every page gets its run from :func:`require_run` (the :class:`RunCache`) or :fun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -170,6 +170,18 @@ def open_test(index: int) -> None:
     """Card callback: focus a test point and go to the influence view (one history entry)."""
     state.select_test(index)
     state.goto("influence")
+
+
+def test_links() -> Callable[[int], tuple[object, dict[str, str]]]:
+    """Where a test card links to: ``index -> (the influence page, its query parameters)``, what
+    :func:`open_test` does as a page link (the session's influence parameters, ``test`` set,
+    ``train`` dropped): the page switch takes one script run instead of two."""
+    from explorer import page_spec
+
+    page = page_spec.find("influence")
+    target = page_spec.nav_page(page)
+    params = {k: v for k, v in state.params_for(page.spec.params).items() if k != "train"}
+    return lambda index: (target, {**params, "test": str(int(index))})
 
 
 def open_train(index: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from test_e2e_browser import (  # noqa: F401  (fixtures and helpers, shared)
+    GALLERY_CARD,
     ROOT,
     _drag_select,
     _inside,
@@ -46,7 +47,7 @@ def test_back_and_forward_through_a_selection(server: str, digits_run: Path, pag
 
 
 def _gallery_ids(pg) -> list[int]:
-    return [int(t.split("#")[1]) for t in pg.locator("button:has-text('test #')").all_inner_texts()]
+    return [int(t.split("#")[1]) for t in pg.locator(GALLERY_CARD).all_inner_texts()]
 
 
 def test_gallery_filter_survives_a_round_trip_and_a_reload(server: str, digits_run: Path, page):  # noqa: F811
@@ -55,7 +56,7 @@ def test_gallery_filter_survives_a_round_trip_and_a_reload(server: str, digits_r
     test = RunCache(digits_run).test_samples()
     wrong = set(test.index[~test["correct"]].tolist())
     page.goto(f"{server}/predictions?run=digits")
-    _settle(page, "button:has-text('test #')")
+    _settle(page, GALLERY_CARD)
     page.locator("[data-testid=stButtonGroup] button:has-text('Incorrect')").click()
     page.wait_for_url(re.compile(r"outcome=incorrect"), timeout=15_000)
     matching = f"text={len(wrong):,} matching"

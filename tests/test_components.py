@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import pytest
@@ -31,13 +32,13 @@ from components.figures import (
     embedding_figure,
     is_click,
     overlay_traces,
-    probability_figure,
     rank_scale,
     selected_ids,
     with_overlay,
     zoom_box,
 )
 from components.images import data_uri, png_bytes, to_uint8, upscale
+from components.prob_bars import MAX_NAMED, TOP, probability_bars_html
 
 N_TRAIN, N_TEST = 30, 10
 
@@ -165,12 +166,27 @@ def test_selection_event_parsing_browser_payload():
     assert selected_ids(box) == [1800, 7] and not is_click(box)
 
 
-def test_probability_figure_highlights_pred_and_true():
-    fig = probability_figure(np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], true=2, pred=1)
-    bar = fig.data[0]
-    assert list(bar.marker.color)[1] == class_color(1) and list(bar.marker.color)[0] != class_color(0)
-    assert list(bar.marker.line.width) == [0, 0, 3]
-    assert list(bar.text) == ["", "pred", "true"]
+_BAR = re.compile(r'<div class="ie-prob" title="class ([^"]*): ([\d.]+)"[^>]*><div[^>]*>(\w*)</div>'
+                  r'<div class="ie-prob-bar" style="[^"]*height:([\d.]+)%;[^"]*background:(#\w+);([^"]*)"')
+
+
+def test_probability_bars_highlight_pred_and_true():
+    """One bar per class, its height the probability; the prediction in its class colour, the true
+    class outlined, both named above their bar (the encoding of the plotly chart they replace)."""
+    h = probability_bars_html(np.array([0.1, 0.7, 0.2]), ["x", "y", "z"], true=2, pred=1)
+    bars = _BAR.findall(h)
+    assert [b[0] for b in bars] == ["x", "y", "z"] and [float(b[1]) for b in bars] == [0.1, 0.7, 0.2]
+    assert [float(b[3]) for b in bars] == pytest.approx([100 * q / TOP for q in (0.1, 0.7, 0.2)], abs=0.01)
+    assert [b[2] for b in bars] == ["", "pred", "true"]
+    assert bars[1][4] == class_color(1) and bars[0][4] != class_color(0) and bars[2][4] != class_color(2)
+    assert ["inset" in b[5] for b in bars] == [False, False, True]
+    assert "y 70.0%" in h  # the accessible label names the top classes
+    # a hostile class name stays text; with many classes only the true and predicted ones are named
+    names = [f"c{i}" for i in range(MAX_NAMED + 5)]
+    names[3] = "<img src=x onerror=alert(1)>"
+    h = probability_bars_html(np.full(len(names), 1 / len(names)), names, true=3, pred=7)
+    assert "<img" not in h and "&lt;img" in h and len(_BAR.findall(h)) == len(names)
+    assert ">c7</div>" in h and ">c8</div>" not in h
 
 
 def test_sign_overlap_splits_agreement_from_a_sign_flip():

@@ -85,7 +85,10 @@ def _settle(page, selector: str) -> None:
     assert page.locator("[data-testid=stException]").count() == 0, page.locator("[data-testid=stException]").first.inner_text()
 
 
-_BARS_DRAWN = "() => document.querySelectorAll('[data-testid=stPlotlyChart] .barlayer path').length > 0"
+#: the class-probability bars of the influence header (HTML, components/prob_bars.py)
+_BARS_DRAWN = "() => document.querySelectorAll('.ie-probs .ie-prob-bar').length > 0"
+#: a gallery card's page link (its label 'test #<id>'; the whole card is the link)
+GALLERY_CARD = "[data-testid=stPageLink-NavLink]:has-text('test #')"
 
 
 def test_page_urls_work_as_the_first_request(server: str, page):
@@ -122,12 +125,13 @@ def test_click_prediction_shows_proponents(server: str, digits_run: Path, page, 
     page.screenshot(path=str(shots / "runs.png"))
 
     page.goto(f"{server}/predictions?run=digits")
-    _settle(page, "button:has-text('test #')")
+    _settle(page, GALLERY_CARD)
     page.screenshot(path=str(shots / "predictions.png"))
-    first = page.locator("button:has-text('test #')").first
+    first = page.locator(GALLERY_CARD).first
     test = int(first.inner_text().split("#")[1])
     first.click()
     _settle(page, f"h1:has-text('Test #{test}')")
+    assert page.url.split("?")[0].endswith("/influence")
     page.wait_for_function("() => document.querySelectorAll(\"img[alt^='train #']\").length >= 16", timeout=30_000)
     # the proponent cards show exactly the cached top-k, images included
     want = run.method_array(run.methods[0], "top_proponents")[test, :8].tolist()

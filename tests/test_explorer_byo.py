@@ -40,18 +40,23 @@ def _page(run: Path, page: str, monkeypatch, **params: object) -> AppTest:
 
 
 def _images(at: AppTest) -> dict[str, tuple[np.ndarray, str]]:
-    """Every inline image of the page by alt text: (pixels, the whole ``<img>`` tag)."""
+    """Every inline image of the page by alt text: (pixels, the whole ``<img>`` tag), from markdown
+    and HTML elements (the cards' bodies are ``st.html``)."""
     out = {}
-    for md in at.markdown:
-        for m in IMG.finditer(md.value):
+    for body in [md.value for md in at.markdown] + _html(at):
+        for m in IMG.finditer(body):
             pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(m.group(1)))))
             out[html.unescape(m.group(2))] = (pixels, m.group(0))
     return out
 
 
+def _html(at: AppTest) -> list[str]:
+    return [h.proto.body for h in at.get("html")]
+
+
 def _text(at: AppTest) -> str:
-    parts = [e.value for e in (*at.markdown, *at.caption, *at.title, *at.subheader)]
-    parts += [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")]  # e.g. the probability bars
+    parts = [e.value for e in (*at.markdown, *at.caption, *at.title, *at.subheader)] + _html(at)  # e.g. the bars
+    parts += [json.loads(c.proto.spec)["data"] for c in at.get("plotly_chart")]
     return "\n".join(map(str, parts))
 
 

@@ -33,6 +33,9 @@ def app(digits_run: Path, monkeypatch):
 
 
 def _ids(at: AppTest, prefix: str) -> list[int]:
+    """Ids of the cards: buttons keyed '<prefix>_<rank>_<id>', the gallery's ("pred") page links 'test #<id>'."""
+    if prefix == "pred":
+        return [int(link.value.split("#")[1]) for link in at.get("page_link") if link.value.startswith("test #")]
     return [int(b.key.rsplit("_", 1)[1]) for b in at.button if b.key and b.key.startswith(prefix + "_")]
 
 

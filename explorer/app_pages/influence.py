@@ -10,7 +10,7 @@ from cache_format.evaluation import counterfactual_sentence
 from cache_format.names import SELF_INFLUENCE, TRAIN_NET_INFLUENCE
 from cache_format.runs import CacheProblem, build_command
 from components.cards import card_grid
-from components.figures import probability_figure
+from components.prob_bars import probability_bars_html
 from explorer import state, ui
 from explorer.data import RunView, TopK
 from explorer.page_spec import PageSpec
@@ -50,17 +50,20 @@ def step_targets(correct: np.ndarray, test: int) -> dict[str, int]:
 def _stepper(v: RunView, test: int) -> None:
     """Previous / next test point (arrow keys) and next / previous misclassified one (M / Shift+M)."""
     go = step_targets(v.test["correct"].to_numpy(), test)
-    cols = st.columns(4)
-    for col, (key, label, shortcut) in zip(cols, (("prev", "← Previous", "left"), ("next", "Next →", "right"),
-                                                   ("prev_wrong", "↶ Previous misclassified", "shift+m"),
-                                                   ("next_wrong", "Next misclassified ↷", "m")), strict=True):
-        col.button(label, key=f"step_{key}", shortcut=shortcut, width="stretch", on_click=state.select_test,
+    # one block, not five (st.columns): a lighter page; four equal buttons
+    st.html("<style>.st-key-ie_stepper>div{flex:1 1 0!important;min-width:0!important}</style>")
+    row = st.container(horizontal=True, gap="medium", key="ie_stepper")
+    for key, label, shortcut in (("prev", "← Previous", "left"), ("next", "Next →", "right"),
+                                 ("prev_wrong", "↶ Previous misclassified", "shift+m"),
+                                 ("next_wrong", "Next misclassified ↷", "m")):
+        row.button(label, key=f"step_{key}", shortcut=shortcut, width="stretch", on_click=state.select_test,
                    args=(go[key],), help=f"test #{go[key]}")
 
 
 def header(v: RunView, split: str, index: int, title: str, back_to: int | None = None) -> None:
-    """Title, big image, class probabilities and the key facts of one sample (``back_to``: a test
-    point to offer a way back to, under the title)."""
+    """Title, big image, class probabilities (HTML bars: a plotly chart here was the slowest part of
+    the page in the browser) and the key facts of one sample (``back_to``: a test point to offer a
+    way back to, under the title)."""
     row = v.sample(split, index)
     label, pred = int(row["label"]), int(row["pred"])
     st.title(title)
@@ -69,9 +72,7 @@ def header(v: RunView, split: str, index: int, title: str, back_to: int | None =
     c1, c2, c3 = st.columns([1.1, 2.6, 1.5], vertical_alignment="top")
     with c1:
         ui.big_image(v, split, index)
-    with c2:
-        fig = probability_figure(v.probs[split][index], v.class_names, label, pred)
-        st.plotly_chart(fig, width="stretch", config={"displayModeBar": False}, key=f"probs_{split}")
+    c2.html(probability_bars_html(v.probs[split][index], v.class_names, label, pred))
     with c3:
         ok = label == pred
         st.markdown(f"{'True label' if split == 'test' else 'Given label'}: {ui.chip(v, label)}  \n"

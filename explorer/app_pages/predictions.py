@@ -149,7 +149,8 @@ def main() -> None:
         return
     rows = df.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
     cards = [ui.sample_card(v, "test", int(i), key=f"pred_{int(i)}") for i in rows["index"]]
-    card_grid(cards, N_COLS, on_click=ui.open_test)
+    links = ui.test_links()
+    card_grid(cards, N_COLS, link=links)
 
     left, mid, right = st.columns([1, 2, 1], vertical_alignment="center")
     left.button("← Previous", key="pf_prev", disabled=page <= 1, width="stretch", on_click=_to_page,
