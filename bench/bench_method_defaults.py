@@ -11,7 +11,8 @@ defaults) and reads the method's stage time and its split from the manifest
 the whole process, training and imports included). The target (issue 17) is a stage time under 60 s on 2 cores for every method
 on every sample; the last column says whether it is met. A run over ``--timeout`` seconds is killed
 and reported. ``datamodels`` is skipped: it is fitted to an ``evaluate`` run's retrained subsets
-(``options.datamodels.run``), which a fresh sample run does not have.
+(``options.datamodels.run``), which a fresh sample run does not have. The environment is passed on:
+on a loaded machine ``OMP_WAIT_POLICY=PASSIVE`` keeps 2-thread runs from spin-waiting (docs/benchmarks.md).
 """
 
 from __future__ import annotations

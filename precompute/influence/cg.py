@@ -9,8 +9,13 @@ from typing import Any, ClassVar
 import torch
 
 from precompute.errors import ConfigError, MethodError
+from precompute.hessian import create_hvp_function, explicit_hessian, hessian_cost, staged_hessian
 from precompute.influence._common import Matvec, as_model_dtype, damped_hvp, gradients64
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+HESSIAN_MODES = ("auto", "hvp", "explicit")
+#: ``hessian = "auto"`` forms H only up to this many parameters (H float64: 134 MB at 4,096)
+EXPLICIT_MAX_PARAMS = 4096
 
 
 @dataclass
@@ -21,7 +26,12 @@ class CGConfig(MethodConfig):
     one independent CG per test point; ``recycle_mb``: block CG keeps the first batch's search
     directions and their HVPs (up to this much memory, 0 = off) and starts each later batch from the
     Galerkin solution in that space, which costs no HVPs; ``self_block``: training samples per
-    self-influence solve (its convergence is reported as ``self_iterations`` / ``self_unconverged``)."""
+    self-influence solve (its convergence is reported as ``self_iterations`` / ``self_unconverged``);
+    ``hessian``: the products ``(H + lambda I) V`` from batched HVPs (``"hvp"``) or from H formed once
+    (``"explicit"``, p x p float64; the same H up to rounding); ``"auto"`` forms it when p <=
+    ``EXPLICIT_MAX_PARAMS`` and forming costs at most ``n_train / 2`` whole-model HVPs
+    (``hessian.hessian_cost``; self-influence alone takes n_train HVPs per iteration): on the bundled
+    samples the CNN (611 HVP-equivalents, staged) and logistic regression, not the MLP (1,139)."""
 
     tol: float = 1e-3
     max_iter: int = 100
@@ -29,9 +39,13 @@ class CGConfig(MethodConfig):
     block: bool = True
     recycle_mb: int = 256
     self_block: int = 512
+    hessian: str = "auto"
 
     def validate(self) -> CGConfig:
         super().validate()
+        if self.hessian not in HESSIAN_MODES:
+            raise ConfigError(f"influence.options.cg.hessian: must be one of {list(HESSIAN_MODES)} "
+                              f"(got {self.hessian!r})")
         if not isinstance(self.tol, int | float) or not 0 < self.tol < 1:
             raise ConfigError(f"influence.options.cg.tol: must be in (0, 1) (got {self.tol!r})")
         if not isinstance(self.max_iter, int) or self.max_iter < 1:
@@ -46,6 +60,18 @@ class CGConfig(MethodConfig):
         if not isinstance(self.recycle_mb, int) or self.recycle_mb < 0:
             raise ConfigError(f"influence.options.cg.recycle_mb: must be an integer >= 0 (got {self.recycle_mb!r})")
         return self
+
+
+def _explicit(task: InfluenceTask, batch_size: int) -> torch.Tensor:
+    """H ``[p, p]`` float64 of the training objective (staged by layer when the model allows)."""
+    H = staged_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay, batch_size,
+                       loss_fn=task.loss_fn)
+    if H is None:
+        hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay, batch_size,
+                                  loss_fn=task.loss_fn)
+        H = explicit_hessian(hvp, task.space.size, dtype=next(task.model.parameters()).dtype,
+                             device=task.x_train.device)
+    return H.to(torch.float64)
 
 
 def _indefinite(value: float) -> MethodError:
@@ -134,7 +160,9 @@ class ConjugateGradient(InfluenceEstimator):
     O(b p), no p x p matrix. By default the b test points are solved as one block (block CG): T then
     depends on the spectrum below the b-th eigenvalue, a few steps on the digits CNN against ~40
     for independent CG (``block = false``; T ~ sqrt(condition number)). Larger damping converges
-    faster. Needs H + lambda I positive definite (raises otherwise). Use it when p is too large for
+    faster. On small models whose H is cheap to form (``hessian = "auto"``: the digits CNN, staged by
+    layer 12x faster than p HVPs) the products come from H formed once instead: the same iterations, same
+    convergence checks. Needs H + lambda I positive definite (raises otherwise). Use it when p is too large for
     the exact Hessian but you want the exact iHVP up to ``tol``; converged CG matches ``exact``.
     """
 
@@ -147,11 +175,24 @@ class ConjugateGradient(InfluenceEstimator):
     def fit(self, task: InfluenceTask) -> ConjugateGradient:
         super().fit(task)
         self.lam_ = self.damping_for(task)
-        self.matvec_ = damped_hvp(task, self.lam_, batch_size=self.config.hvp_batch_size)
+        self.hessian_mode_ = self._hessian_mode(task)
+        if self.hessian_mode_ == "explicit":
+            H = _explicit(task, self.config.hvp_batch_size or task.batch_size)
+            lam = self.lam_
+            self.matvec_ = lambda v: v @ H + lam * v  # H symmetric: rows V [k, p] -> V H
+        else:
+            self.matvec_ = damped_hvp(task, self.lam_, batch_size=self.config.hvp_batch_size)
         self.stats_: dict[str, Any] = {"iterations": 0, "max_relative_residual": 0.0, "unconverged": 0,
                                        "recycled_directions": 0}
         self.recycle_: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # W, A W, (W^T A W)^+
         return self
+
+    def _hessian_mode(self, task: InfluenceTask) -> str:
+        if self.config.hessian != "auto":
+            return self.config.hessian
+        p = task.space.size
+        small = p <= EXPLICIT_MAX_PARAMS and hessian_cost(task.model, task.space, task.x_train[:1]) <= task.n_train / 2
+        return "explicit" if small else "hvp"
 
     def _recycled_start(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Galerkin solution of ``A X = G`` in the kept directions and its residual; no HVPs."""
@@ -224,4 +265,4 @@ class ConjugateGradient(InfluenceEstimator):
         return (s * g.to(s.dtype)).sum(dim=1)
 
     def fit_info(self) -> dict[str, Any]:
-        return {"damping": self.lam_, **self.stats_}
+        return {"damping": self.lam_, "hessian": self.hessian_mode_, **self.stats_}

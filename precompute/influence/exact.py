@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from precompute.errors import ConfigError, MethodError
-from precompute.hessian import create_hvp_function, explicit_hessian
+from precompute.hessian import create_hvp_function, explicit_hessian, staged_hessian
 from precompute.influence.arnoldi import arnoldi_eigs
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
@@ -53,7 +53,8 @@ class ExactInfluence(InfluenceEstimator):
     """score(t, i) = g_t^T (H + lambda I)^-1 g_i with H the explicit Hessian of the training objective.
 
     H = (1/n) sum_j Hess(loss_j) + weight_decay * I over the selected parameters, built from p
-    Hessian-vector products (O(n p^2)), factored once as ``H + lambda I = L L^T`` (float64 Cholesky,
+    Hessian-vector products (O(n p^2); for an ``nn.Sequential`` each layer's columns from HVPs of the
+    layers from it on, the rest by symmetry: ``hessian.staged_hessian``), factored once as ``H + lambda I = L L^T`` (float64 Cholesky,
     O(p^3 / 3)). Both sides are whitened gradients ``L^-1 g`` (one triangular solve per row, O(p^2), in
     row blocks), so self-influence is ``|L^-1 g_i|^2`` from the stored train factors. The full
     spectrum (``eigenvalues_``, ``eigvalsh``) is computed only when asked for, or to report how
@@ -76,13 +77,16 @@ class ExactInfluence(InfluenceEstimator):
                 "or use a scalable method"
             )
         super().fit(task)
-        hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay, task.batch_size,
-                                  loss_fn=task.loss_fn)
-        dtype = next(task.model.parameters()).dtype
-        dev = task.x_train.device
         report = task.progress
-        H = explicit_hessian(hvp, p, dtype=dtype, device=dev, progress=None if report is None else
-                             lambda k: report("Hessian columns", k, p)).to(torch.float64)
+        tick = None if report is None else (lambda k: report("Hessian columns", k, p))
+        H = staged_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
+                           task.batch_size, loss_fn=task.loss_fn, progress=tick)
+        if H is None:  # not a chain of stages: p HVPs of the whole model
+            hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
+                                      task.batch_size, loss_fn=task.loss_fn)
+            H = explicit_hessian(hvp, p, dtype=next(task.model.parameters()).dtype, device=task.x_train.device,
+                                 progress=tick)
+        H = H.to(torch.float64)
         lam = self.damping_for(task)
         self.hessian_, self.lam_ = H, lam
         self._spectrum: torch.Tensor | None = None

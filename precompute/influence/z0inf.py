@@ -11,8 +11,13 @@ import torch
 from torch.func import functional_call, vmap
 
 from precompute.errors import ConfigError, MethodError
+from precompute.hessian import activation_size
 from precompute.influence._common import as_model_dtype
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
+
+#: activation floats one vmapped call over directions may touch (directions x samples x activations);
+#: digits CNN, 512 rows x 257 directions, 1 thread: 50 s in one call, 19 s at 12 M, 8-12 s at 1-6 M
+WORK_BUDGET = 3_000_000
 
 
 @dataclass
@@ -86,6 +91,7 @@ class Z0Inf(InfluenceEstimator):
             self.params_.append(params)
             prev = flat
         self.frozen_ = task.space.frozen(task.model)
+        self.act_: int | None = None
         return self
 
     def _losses(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -104,12 +110,26 @@ class Z0Inf(InfluenceEstimator):
                     up = self._losses({n: params[n] + d[n] for n in params}, x, y)
                     down = self._losses({n: params[n] - d[n] for n in params}, x, y)
                     return (up - down) / (2 * h)
-                d = vmap(shifted)(q).T  # [b, K_c]
+                step = self._chunk(len(x))
+                d = torch.cat([vmap(shifted)(q[k:k + step]) for k in range(0, len(q), step)]).T  # [b, K_c]
                 parts.append(math.sqrt(ckpt.lr * p / len(q)) * d)
         return as_model_dtype(task, torch.cat(parts, dim=1))
 
+    def _chunk(self, b: int) -> int:
+        """Directions per vmapped call: ``WORK_BUDGET`` activation floats over ``b`` samples (one call over
+        all 257 directions of a 512-row batch of the digits CNN touches ~250 M floats)."""
+        task = self._require_fit()
+        if self.act_ is None:
+            self.act_ = activation_size(task.model, task.x_train[:1])
+        return max(1, WORK_BUDGET // (max(b, 1) * self.act_))
+
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._factors(x, y)
+
+    def self_influence(self, x: torch.Tensor, y: torch.Tensor, train: torch.Tensor | None = None) -> torch.Tensor:
+        """``|f_i|^2`` ``[b]``: the query and train factors are the same rows, so the stored ones serve."""
+        t = self._factors(x, y) if train is None else train
+        return (t * t).sum(dim=1)
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._factors(x, y)
