@@ -13,12 +13,17 @@ Model and data: a 4,810-parameter ReLU MLP (64 -> 64 -> 10) trained on the digit
 computes the full ``[360 x 1,437]`` score matrix (no self-influence). Each measurement is a fresh
 process (ours in the project venv, each peer in ``--peer-python``) pinned to ``--threads`` threads;
 runs are interleaved (ours, peer, ours, peer, ...) ``--repeats`` times. Wall time is the method's own
-work (fit + scores, after imports and loading the shared setup file); peak RSS is the process's
-``ru_maxrss`` (imports included, so the torch baseline of ~300 MB is in both). The ratio is the median
+work (fit + scores, after imports and loading the shared setup file); peak RSS is the worker's own
+high-water mark (``VmHWM`` in ``/proc/self/status``, imports included, so torch's ~220 MB is in both),
+and "method MB" its rise during the timed region (peak minus the high-water mark at its start). Not
+``ru_maxrss`` from ``wait4``: a child's ``ru_maxrss`` keeps the RSS it had before ``exec``, i.e. this
+driver's (~450 MB after training), which hid the peers' real peak. The ratio is the median
 over the interleaved pairs of ours / peer (< 1: we are faster). Ours is the store's path without the
 disk: query factors once, train factors in 512-row chunks scored as they come (never ``[n_train, d]``).
 A peer that is not installed prints "not installed"; a worker that fails (e.g. over the 8 GB
 address-space cap, ``BENCH_PEERS_MAX_GB``) prints its error. Timings on a shared CPU are noisy.
+``BENCH_PEERS_OURS_PATH=vmap`` makes our per-sample gradients take the ``torch.func`` path (an A/B of
+the hook path in :mod:`precompute.hooked_gradients`).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ PEERS = {"graddot": ["dattri"], "tracin": ["captum", "dattri"], "exact": ["dattr
 #: our settings where the defaults differ from what the peer is given (kept equal on both sides)
 OURS_OPTIONS = {"cg": {"tol": 1e-6, "max_iter": 100}, "lissa": {"depth": 100, "batch_size": 256}}
 TRAIN_CHUNK = 512
+#: dattri's test batch where all 360 rows at once do not fit (its CG failed at 8, 14 and 18 GB caps with
+#: one batch of 360); the same CG per test vector, in batches
+DATTRI_TEST_BATCH = {"cg": 40}
 #: address-space cap per worker process (GB; env BENCH_PEERS_MAX_GB): dattri's CG passed 12 GB RSS here
 MAX_GB = 8.0
 
@@ -50,6 +58,19 @@ def make_model():
     from torch import nn
 
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS so far, MB: ``VmHWM`` (reset by ``exec``), else ``ru_maxrss``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------- setup (project venv)
@@ -92,11 +113,17 @@ def worker_ours(method: str, setup_path: str) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from precompute.influence import InfluenceTask, get_estimator
+    from precompute.influence import InfluenceTask, get_estimator, registered
     from precompute.params import ParamSpace, select_parameters
     from precompute.training import Checkpoint
 
+    if os.environ.get("BENCH_PEERS_OURS_PATH") == "vmap":  # A/B: per-sample gradients by torch.func only
+        import precompute.gradients
+
+        precompute.gradients.hook_plan = lambda model, space: None
+    registered()  # imports every estimator module (the peers' imports are outside their timed regions too)
     setup, model = _load(setup_path)
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     ckpts = [Checkpoint(epoch=i + 1, lr=c["lr"], state_dict=c["state"]) for i, c in enumerate(setup["checkpoints"])]
     space = ParamSpace(model, select_parameters(model, "all"))
@@ -111,12 +138,12 @@ def worker_ours(method: str, setup_path: str) -> dict:
         del t
     seconds = time.perf_counter() - t0
     extra = {"scale": float(est.scale_)} if method == "lissa" else {}
-    return {"seconds": seconds, "checksum": float(out.double().abs().sum()), **extra}
+    return {"seconds": seconds, "rss_start_mb": rss0, "checksum": float(out.double().abs().sum()), **extra}
 
 
 def _dattri_task(setup, model, checkpoints=None, regularized: bool = True):
-    """dattri's task: the training objective (mean CE + weight decay, so its Hessian is ours) or, for the
-    gradient-similarity methods, the per-sample loss alone."""
+    """dattri's task: the per-sample loss (mean CE over the batch), plus the weight decay term when
+    ``regularized``."""
     import torch
     from dattri.task import AttributionTask
 
@@ -138,9 +165,11 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     setup, model = _load(setup_path)
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     train = DataLoader(TensorDataset(setup["x"], setup["y"]), batch_size=TRAIN_CHUNK, shuffle=False)
-    test = DataLoader(TensorDataset(setup["xt"], setup["yt"]), batch_size=len(setup["yt"]), shuffle=False)
+    test = DataLoader(TensorDataset(setup["xt"], setup["yt"]), batch_size=DATTRI_TEST_BATCH.get(method, len(setup["yt"])),
+                      shuffle=False)
     lam = setup["damping"]
     if method in ("tracin", "graddot", "gradcos"):
         from dattri.algorithm.tracin import TracInAttributor
@@ -161,7 +190,11 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
             IFAttributorLiSSA,
         )
 
-        task = _dattri_task(setup, model)
+        # per-sample gradients of the per-sample loss (as ours), and H + (wd + lam) I: the Hessian of the
+        # training objective plus lam (a task with the weight decay in its loss would add wd * theta to
+        # every gradient: scores ~4% off ours in |sum| here)
+        task = _dattri_task(setup, model, regularized=False)
+        lam = lam + setup["weight_decay"]
         if method == "exact":
             att = IFAttributorExplicit(task, regularization=lam)
         elif method == "cg":
@@ -174,7 +207,7 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
         att.cache(full)
         scores = att.attribute(train, test)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "checksum": float(scores.double().abs().sum())}
+    return {"seconds": seconds, "rss_start_mb": rss0, "checksum": float(scores.double().abs().sum())}
 
 
 def worker_captum(method: str, setup_path: str) -> dict:
@@ -194,13 +227,14 @@ def worker_captum(method: str, setup_path: str) -> dict:
         m.load_state_dict(blob["state"])
         return blob["lr"]
 
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     tracin = TracInCP(model, TensorDataset(setup["x"], setup["y"]), paths, checkpoints_load_func=load,
                       loss_fn=torch.nn.CrossEntropyLoss(reduction="sum"), batch_size=TRAIN_CHUNK,
                       sample_wise_grads_per_batch=True)
     scores = tracin.influence((setup["xt"], setup["yt"]))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "checksum": float(scores.double().abs().sum())}
+    return {"seconds": seconds, "rss_start_mb": rss0, "checksum": float(scores.double().abs().sum())}
 
 
 # ---------------------------------------------------------------- driver
@@ -212,26 +246,27 @@ def peer_installed(python: str, peer: str) -> bool:
 
 
 def run_worker(python: str, who: str, method: str, setup: Path, threads: int, scale: float | None) -> dict:
-    """One fresh process; returns its JSON plus ``peak_rss_mb`` (ru_maxrss from wait4)."""
+    """One fresh process; returns its JSON (with the worker's ``peak_rss_mb``)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
         out = fh.name
     cmd = [python, str(Path(__file__).resolve()), "--worker", who, "--method", method, "--setup", str(setup),
            "--threads", str(threads), "--out", out] + (["--scale", str(scale)] if scale else [])
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status = os.waitpid(proc.pid, 0)
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         return {"error": err.strip().splitlines()[-1] if err.strip() else f"exit {status}"}
     result = json.loads(Path(out).read_text())
     Path(out).unlink()
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
 
 
 def _log(rep: int, method: str, who: str, r: dict) -> None:
     """One line per run as it finishes (a long benchmark cut short keeps what it measured)."""
-    what = r["error"] if "error" in r else f"{r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB"
+    what = r["error"] if "error" in r else (f"{r['seconds']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB "
+                                            f"(method {r['peak_rss_mb'] - r['rss_start_mb']:.0f} MB), "
+                                            f"sum |scores| {r['checksum']:.6g}")
     print(f"# run {rep + 1} {method} {who}: {what}", flush=True)
 
 
@@ -261,6 +296,7 @@ def main() -> None:
             res = worker_dattri(args.method, args.setup, args.scale)
         else:
             res = worker_captum(args.method, args.setup)
+        res["peak_rss_mb"] = peak_rss_mb()
         Path(args.out).write_text(json.dumps(res))
         return
 
@@ -287,8 +323,8 @@ def main() -> None:
 
     print(f"\n{args.threads} threads, median of {args.repeats} interleaved runs; [360 x 1,437] scores, "
           "4,810-param ReLU MLP\n")
-    print("| method | ours s | ours peak RSS MB | fastest peer | peer s | peer peak RSS MB | ratio ours/peer (time) "
-          "| ratio (RSS) |")
+    print("| method | ours s | ours peak RSS MB (method) | fastest peer | peer s | peer peak RSS MB (method) "
+          "| ratio ours/peer (time) | ratio (peak RSS) |")
     print("|---|---|---|---|---|---|---|---|")
     for m in methods:
         ours = runs[(m, "ours")]
@@ -308,16 +344,19 @@ def main() -> None:
                 best, best_t = peer, t
         o_t = statistics.median(r["seconds"] for r in ours)
         o_m = statistics.median(r["peak_rss_mb"] for r in ours)
+        o_d = statistics.median(r["peak_rss_mb"] - r["rss_start_mb"] for r in ours)
         if best is None:
             missing = [p for p in PEERS.get(m, []) if not installed.get(p)]
             what = f"{', '.join(missing)}: not installed" if missing else "peer failed (see above)"
-            print(f"| {m} | {o_t:.2f} | {o_m:.0f} | {what} | | | | |")
+            print(f"| {m} | {o_t:.2f} | {o_m:.0f} ({o_d:.0f}) | {what} | | | | |")
             continue
         rs = runs[(m, best)]
         p_m = statistics.median(r["peak_rss_mb"] for r in rs)
+        p_d = statistics.median(r["peak_rss_mb"] - r["rss_start_mb"] for r in rs)
         ratio = statistics.median(a["seconds"] / b["seconds"] for a, b in zip(ours, rs, strict=False))
         ratio_m = statistics.median(a["peak_rss_mb"] / b["peak_rss_mb"] for a, b in zip(ours, rs, strict=False))
-        print(f"| {m} | {o_t:.2f} | {o_m:.0f} | {best} | {best_t:.2f} | {p_m:.0f} | {ratio:.2f} | {ratio_m:.2f} |")
+        print(f"| {m} | {o_t:.2f} | {o_m:.0f} ({o_d:.0f}) | {best} | {best_t:.2f} | {p_m:.0f} ({p_d:.0f}) "
+              f"| {ratio:.2f} | {ratio_m:.2f} |")
 
 
 if __name__ == "__main__":

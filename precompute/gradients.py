@@ -1,4 +1,10 @@
-"""Per-sample gradients with ``torch.func`` (functional_call + vmap(grad)), plus a slow loop reference.
+"""Per-sample gradients: module hooks for standard layers, else ``torch.func`` (functional_call +
+vmap(grad)); plus a slow loop reference.
+
+Models made of Linear/Conv2d/eval-BatchNorm and per-sample parameter-free layers in ``nn.Sequential``
+containers take the hook path (:mod:`precompute.hooked_gradients`: one forward and one backward of the
+summed losses, no ``torch.func``, so no lazy ``import torch._dynamo`` either); anything else, or a
+call the hook path cannot do exactly, takes ``vmap(grad)``.
 
 All gradients here are of the *per-sample* loss (cross-entropy of one sample); the weight-decay term
 belongs to the training objective (see :mod:`precompute.hessian`), not to any one sample.
@@ -12,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from precompute.hooked_gradients import Unsupported, hook_plan, hooked_gradients
 from precompute.params import ParamSpace
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,17 +41,32 @@ def create_per_sample_loss_function(model: nn.Module, space: ParamSpace, loss_fn
 
 
 def create_per_sample_grad_function(model: nn.Module, space: ParamSpace, loss_fn: LossFn = cross_entropy_loss):
-    """``f(params, x [b, *input], y [b], out=None) -> grads [b, p]`` via ``vmap(grad(.))``; with ``out``
-    the rows are written there (one copy instead of a concatenation per batch)."""
-    sample_grad = grad(create_per_sample_loss_function(model, space, loss_fn))
-    batched = vmap(sample_grad, in_dims=(None, 0, 0))
+    """``f(params, x [b, *input], y [b], out=None) -> grads [b, p]``; with ``out`` the rows are written
+    there (one copy instead of a concatenation per batch). Hooks where :func:`hook_plan` allows (checked
+    at every call: a module's train/eval mode may change), else ``vmap(grad(.))``."""
+    batched = None
 
-    def per_sample_grads(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                         out: torch.Tensor | None = None) -> torch.Tensor:
+    def vmapped(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                out: torch.Tensor | None) -> torch.Tensor:
+        nonlocal batched
+        if batched is None:
+            batched = vmap(grad(create_per_sample_loss_function(model, space, loss_fn)), in_dims=(None, 0, 0))
         grads = batched(params, x, y)
         if out is None:
             return space.flatten(grads, batch_dims=1)
         return space.flatten_into(grads, out)
+
+    def per_sample_grads(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+        owners = hook_plan(model, space)
+        if owners is not None:
+            ref = next(iter(params.values()))
+            dest = out if out is not None else torch.empty(len(x), space.size, dtype=ref.dtype, device=ref.device)
+            try:
+                return hooked_gradients(model, owners, space, params, x, y, loss_fn, dest)
+            except Unsupported:
+                pass
+        return vmapped(params, x, y, out)
 
     return per_sample_grads
 
@@ -57,15 +79,20 @@ def per_sample_gradients(
     batch_size: int = 256,
     params: dict[str, torch.Tensor] | None = None,
     loss_fn: LossFn = cross_entropy_loss,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradients of each sample's loss w.r.t. the parameters in ``space``: ``[n, p]``.
 
-    ``params`` overrides the model's own values (e.g. a checkpoint) without touching the module.
+    ``params`` overrides the model's own values (e.g. a checkpoint) without touching the module;
+    ``out [n, p]`` (e.g. a column block of a wider matrix) receives the rows in place.
     """
     fn = create_per_sample_grad_function(model, space, loss_fn)
     theta = params if params is not None else space.params(model)
     ref = next(iter(theta.values()))
-    out = torch.empty(len(x), space.size, dtype=ref.dtype, device=ref.device)
+    if out is None:
+        out = torch.empty(len(x), space.size, dtype=ref.dtype, device=ref.device)
+    elif tuple(out.shape) != (len(x), space.size):
+        raise ValueError(f"out must be [{len(x)}, {space.size}], got {list(out.shape)}")
     for s in range(0, len(x), batch_size):
         fn(theta, x[s:s + batch_size], y[s:s + batch_size], out=out[s:s + batch_size])
     return out

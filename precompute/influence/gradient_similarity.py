@@ -42,7 +42,8 @@ class GradCos(InfluenceEstimator):
 
     @staticmethod
     def _unit(g: torch.Tensor) -> torch.Tensor:
-        return g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        """Rows scaled to unit length in place (``g`` is a fresh ``[b, k]``: no second copy)."""
+        return g.div_(g.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self._unit(self._require_fit().features(x, y))

@@ -7,6 +7,7 @@ import math
 import torch
 
 from precompute.errors import MethodError
+from precompute.gradients import per_sample_gradients
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask
 
 
@@ -37,16 +38,29 @@ class TracInCP(InfluenceEstimator):
         return super().fit(task)
 
     def _factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[b, C k]``: each checkpoint's gradients (compressed when the task has a compressor) written
+        into their own columns and scaled there in place (no per-checkpoint ``[b, k]`` copy)."""
         task = self._require_fit()
         n_ckpt = len(task.checkpoints)
         out: torch.Tensor | None = None
         for i, c in enumerate(task.checkpoints):
-            f = task.features(x, y, task.checkpoint_params(c))  # [b, k]
-            if out is None:
-                out = f.new_empty(f.shape[0], n_ckpt * f.shape[1])
-            k = f.shape[1]
-            torch.mul(f, math.sqrt(c.lr), out=out[:, i * k:(i + 1) * k])
-            del f
+            params = task.checkpoint_params(c)
+            if task.compressor is None:
+                ref = next(iter(params.values()))
+                k = task.space.size
+                if out is None:
+                    out = torch.empty(len(x), n_ckpt * k, dtype=ref.dtype, device=ref.device)
+                block = out[:, i * k:(i + 1) * k]
+                per_sample_gradients(task.model, x, y, task.space, task.batch_size, params, task.loss_fn, out=block)
+            else:
+                f = task.features(x, y, params)  # [b, k]
+                k = f.shape[1]
+                if out is None:
+                    out = f.new_empty(f.shape[0], n_ckpt * k)
+                block = out[:, i * k:(i + 1) * k]
+                block.copy_(f)
+                del f
+            block.mul_(math.sqrt(c.lr))
         assert out is not None
         return out
 
