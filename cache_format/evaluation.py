@@ -16,10 +16,9 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from cache_format.names import (
     EVALUATION_DIR,
@@ -32,6 +31,9 @@ from cache_format.names import (
     SELF_PREFIX,
     is_safe_name,
 )
+
+if TYPE_CHECKING:  # pandas is imported where a table is built (precompute reads results without it)
+    import pandas as pd
 
 
 def evaluate_command(run_name: str) -> str:
@@ -110,6 +112,8 @@ class TrustResults:
 
     def method_table(self) -> pd.DataFrame:
         """One row per method: LDS with interval, LDS (margin), LOO, mislabel AUC, best damping, seconds."""
+        import pandas as pd
+
         loo = (self.part("loo") or {}).get("methods") or {}
         damp = (self.part("damping") or {}).get("methods") or {}
         mis = ((self.mislabels() or {}).get("methods")) or {}
@@ -142,6 +146,8 @@ class TrustResults:
     # ------------------------------------------------------------------ plots' data
     def damping_frame(self) -> pd.DataFrame:
         """Long format: method, damping, LDS, low, high, best (bool), current (bool)."""
+        import pandas as pd
+
         rows = []
         for m, d in ((self.part("damping") or {}).get("methods") or {}).items():
             for i, lam in enumerate(d.get("grid", [])):
@@ -156,6 +162,8 @@ class TrustResults:
 
     def brittleness_frame(self) -> pd.DataFrame:
         """Long format: method (or ``random``), k, flip_rate."""
+        import pandas as pd
+
         b = self.part("brittleness")
         if not b:
             return pd.DataFrame(columns=["method", "k", "flip_rate"])

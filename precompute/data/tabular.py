@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from precompute.data.dataset import SplitDataset
 from precompute.errors import DataError
@@ -60,6 +58,8 @@ def check_finite(x: np.ndarray, where: str, names: list[str] | None = None) -> N
 
 
 def stratified_split(n: int, y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split  # lazily: scoring needs no sklearn
+
     idx = np.arange(n)
     strat = y if np.bincount(y).min() >= 2 else None
     tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=strat)
@@ -82,6 +82,8 @@ def _finish(name, x_tr, y_tr, x_te, y_te, img_tr, img_te, class_names, idx_tr, i
 def load_table(path: str | Path, label_column: str, feature_columns: list[str] | None = None,
                test_fraction: float = 0.2, seed: int = 0, class_names: list[str] | None = None) -> SplitDataset:
     """CSV or parquet with one label column; a ``split`` column (train/test) is used if present."""
+    import pandas as pd  # only tables need it
+
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: table not found; set data.path to a .csv or .parquet file")
