@@ -6,12 +6,14 @@ Usage::
     /work/peers-venv/bin/pip install torch==2.13.0 dattri captum psutil
     /work/peers-venv/bin/pip install --no-deps kronfluence  # (its torchvision requirement is unused)
     .venv/bin/python bench/bench_peers.py [--peer-python /work/peers-venv/bin/python] [--repeats 3]
-                                          [--threads 2] [--methods exact,cg,lissa,tracin,graddot,gradcos]
+                                          [--threads 2] [--methods exact,cg,lissa,tracin,graddot,gradcos,
+                                                   arnoldi,datainf,ekfac,kfac]
 
 Model and data: a 4,810-parameter ReLU MLP (64 -> 64 -> 10) trained on the digits split with the
 ``digits`` sample recipe (Adam, 60 epochs, weight decay 1e-3, 5 checkpoints), float32; every method
 computes the full ``[360 x 1,437]`` score matrix (no self-influence). Each measurement is a fresh
-process (ours in the project venv, each peer in ``--peer-python``) pinned to ``--threads`` threads;
+process (ours in the project venv, each peer in ``--peer-python``; the Arnoldi, DataInf and
+K-FAC/EK-FAC peer workers are in ``bench_peers_curvature.py``) pinned to ``--threads`` threads;
 runs are interleaved (ours, peer, ours, peer, ...) ``--repeats`` times. Wall time is the method's own
 work (fit + scores, after imports and loading the shared setup file); peak RSS is the worker's own
 high-water mark (``VmHWM`` in ``/proc/self/status``, imports included, so torch's ~220 MB is in both),
@@ -38,13 +40,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_peers_curvature import (
+    OURS_OPTIONS_CURVATURE,
+    PEERS_CURVATURE,
+    worker_captum_arnoldi,
+    worker_dattri_curvature,
+    worker_kronfluence,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_PYTHON = "/work/peers-venv/bin/python"
 #: method -> peers that implement the same quantity (the fastest installed one is reported)
 PEERS = {"graddot": ["dattri"], "tracin": ["captum", "dattri"], "exact": ["dattri"], "cg": ["dattri"],
-         "lissa": ["dattri"], "gradcos": ["dattri"]}
+         "lissa": ["dattri"], "gradcos": ["dattri"], **PEERS_CURVATURE}
 #: our settings where the defaults differ from what the peer is given (kept equal on both sides)
-OURS_OPTIONS = {"cg": {"tol": 1e-6, "max_iter": 100}, "lissa": {"depth": 100, "batch_size": 256}}
+OURS_OPTIONS = {"cg": {"tol": 1e-6, "max_iter": 100}, "lissa": {"depth": 100, "batch_size": 256},
+                **OURS_OPTIONS_CURVATURE}
 TRAIN_CHUNK = 512
 #: dattri's test batch where all 360 rows at once do not fit (its CG failed at 8, 14 and 18 GB caps with
 #: one batch of 360); the same CG per test vector, in batches
@@ -171,6 +182,9 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
     test = DataLoader(TensorDataset(setup["xt"], setup["yt"]), batch_size=DATTRI_TEST_BATCH.get(method, len(setup["yt"])),
                       shuffle=False)
     lam = setup["damping"]
+    if method in ("arnoldi", "datainf"):  # bench_peers_curvature.py
+        return worker_dattri_curvature(method, setup, model, _dattri_task(setup, model, regularized=False),
+                                       peak_rss_mb)
     if method in ("tracin", "graddot", "gradcos"):
         from dattri.algorithm.tracin import TracInAttributor
 
@@ -216,6 +230,8 @@ def worker_captum(method: str, setup_path: str) -> dict:
     from torch.utils.data import TensorDataset
 
     setup, model = _load(setup_path)
+    if method == "arnoldi":  # bench_peers_curvature.py
+        return worker_captum_arnoldi(setup, model, peak_rss_mb)
     folder = Path(tempfile.mkdtemp(prefix="captum-ckpt-"))
     paths = []
     for i, c in enumerate(setup["checkpoints"]):
@@ -294,6 +310,8 @@ def main() -> None:
             res = worker_ours(args.method, args.setup)
         elif args.worker == "dattri":
             res = worker_dattri(args.method, args.setup, args.scale)
+        elif args.worker == "kronfluence":
+            res = worker_kronfluence(args.method, *_load(args.setup), peak_rss_mb)
         else:
             res = worker_captum(args.method, args.setup)
         res["peak_rss_mb"] = peak_rss_mb()
