@@ -134,6 +134,10 @@ def _fit_worker(rank: int, world: int, init: str, out: str) -> None:
         torch.save(_fits(ctx), f"{out}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+    # leave without the interpreter's teardown (as the CLI does, precompute.cli.run): a spawned gloo
+    # process aborted there in about 1 run in 3 ("terminate called without an active exception"),
+    # after its results were saved and the group destroyed
+    os._exit(0)
 
 
 def _fits(ctx: DistContext) -> dict[str, torch.Tensor]:
