@@ -7,15 +7,16 @@ Usage::
     /work/peers-venv/bin/pip install --no-deps kronfluence  # (its torchvision requirement is unused)
     .venv/bin/python bench/bench_peers.py [--peer-python /work/peers-venv/bin/python] [--repeats 3]
                                           [--threads 2] [--methods exact,cg,lissa,tracin,graddot,gradcos,
-                                                   arnoldi,datainf,ekfac,kfac]
+                                                   arnoldi,datainf,ekfac,kfac,trak]
 
 Model and data: a 4,810-parameter ReLU MLP (64 -> 64 -> 10) trained on the digits split with the
 ``digits`` sample recipe (Adam, 60 epochs, weight decay 1e-3, 5 checkpoints), float32; every method
 computes the full ``[360 x 1,437]`` score matrix (no self-influence). Each measurement is a fresh
 process (ours in the project venv, each peer in ``--peer-python``; the Arnoldi, DataInf and
-K-FAC/EK-FAC peer workers are in ``bench_peers_curvature.py``) pinned to ``--threads`` threads;
-runs are interleaved (ours, peer, ours, peer, ...) ``--repeats`` times. Wall time is the method's own
-work (fit + scores, after imports and loading the shared setup file); peak RSS is the worker's own
+K-FAC/EK-FAC peer workers are in ``bench_peers_curvature.py``, TRAK's in ``bench_peers_trak.py``)
+pinned to ``--threads`` threads; runs are interleaved (ours, peer, ours, peer, ...) ``--repeats`` times.
+Wall time is the method's own work (fit + scores, after imports, ``torch._dynamo`` included on both sides,
+and loading the shared setup file); peak RSS is the worker's own
 high-water mark (``VmHWM`` in ``/proc/self/status``, imports included, so torch's ~220 MB is in both),
 and "method MB" its rise during the timed region (peak minus the high-water mark at its start). Not
 ``ru_maxrss`` from ``wait4``: a child's ``ru_maxrss`` keeps the RSS it had before ``exec``, i.e. this
@@ -25,7 +26,8 @@ disk: query factors once, train factors in 512-row chunks scored as they come (n
 A peer that is not installed prints "not installed"; a worker that fails (e.g. over the 8 GB
 address-space cap, ``BENCH_PEERS_MAX_GB``) prints its error. Timings on a shared CPU are noisy.
 ``BENCH_PEERS_OURS_PATH=vmap`` makes our per-sample gradients take the ``torch.func`` path (an A/B of
-the hook path in :mod:`precompute.hooked_gradients`).
+the hook path in :mod:`precompute.hooked_gradients`); ``BENCH_PEERS_OURS_HVP=forward`` makes every HVP
+forward-over-reverse (an A/B of the reverse-mode path for few vectors in :mod:`precompute.hessian`).
 """
 
 from __future__ import annotations
@@ -47,19 +49,23 @@ from bench_peers_curvature import (
     worker_dattri_curvature,
     worker_kronfluence,
 )
+from bench_peers_trak import OURS_OPTIONS_TRAK, PEERS_TRAK, worker_dattri_trak
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_PYTHON = "/work/peers-venv/bin/python"
 #: method -> peers that implement the same quantity (the fastest installed one is reported)
 PEERS = {"graddot": ["dattri"], "tracin": ["captum", "dattri"], "exact": ["dattri"], "cg": ["dattri"],
-         "lissa": ["dattri"], "gradcos": ["dattri"], **PEERS_CURVATURE}
+         "lissa": ["dattri"], "gradcos": ["dattri"], **PEERS_CURVATURE,
+         **PEERS_TRAK}
 #: our settings where the defaults differ from what the peer is given (kept equal on both sides)
 OURS_OPTIONS = {"cg": {"tol": 1e-6, "max_iter": 100}, "lissa": {"depth": 100, "batch_size": 256},
-                **OURS_OPTIONS_CURVATURE}
+                **OURS_OPTIONS_CURVATURE, **OURS_OPTIONS_TRAK}
 TRAIN_CHUNK = 512
 #: dattri's test batch where all 360 rows at once do not fit (its CG failed at 8, 14 and 18 GB caps with
-#: one batch of 360); the same CG per test vector, in batches
-DATTRI_TEST_BATCH = {"cg": 40}
+#: one batch of 360; its LiSSA's RSS grows ~0.18 GB per step with 360 rows, ~20 MB with 40: it failed the
+#: 8 GB cap at depth 100); the same solve per test vector, in batches (dattri's LiSSA draws its own
+#: mini-batches per vector anyway; 20, 40 and 90 rows took the same time at depth 40)
+DATTRI_TEST_BATCH = {"cg": 40, "lissa": 40}
 #: address-space cap per worker process (GB; env BENCH_PEERS_MAX_GB): dattri's CG passed 12 GB RSS here
 MAX_GB = 8.0
 
@@ -132,7 +138,13 @@ def worker_ours(method: str, setup_path: str) -> dict:
         import precompute.gradients
 
         precompute.gradients.hook_plan = lambda model, space: None
+    if os.environ.get("BENCH_PEERS_OURS_HVP") == "forward":  # A/B: every HVP forward-over-reverse
+        import precompute.hessian
+
+        precompute.hessian.REVERSE_HVP_MAX_VECTORS = 0
     registered()  # imports every estimator module (the peers' imports are outside their timed regions too)
+    import torch._dynamo  # noqa: F401  torch.func's first grad/vjp imports it lazily (2.5 s here); dattri's
+    # and captum's imports load it before their timed regions, so it is outside ours too
     setup, model = _load(setup_path)
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
@@ -163,7 +175,7 @@ def _dattri_task(setup, model, checkpoints=None, regularized: bool = True):
     def loss_func(params, data):
         x, y = data
         logits = torch.func.functional_call(model, params, x.unsqueeze(0) if x.dim() == 1 else x)
-        y = y.unsqueeze(0) if y.dim() == 0 else y
+        y = (y.unsqueeze(0) if y.dim() == 0 else y).long()  # dattri's LiSSA collate casts labels to float
         reg = 0.5 * wd * sum((p * p).sum() for p in params.values())
         return torch.nn.functional.cross_entropy(logits, y) + reg
 
@@ -172,6 +184,11 @@ def _dattri_task(setup, model, checkpoints=None, regularized: bool = True):
 
 
 def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
+    # dattri's modules are imported here, outside the timed region as ours are (3-6 s on this machine;
+    # they load torch._dynamo): they used to be imported inside it for TracIn/grad-dot/grad-cos/exact/CG/LiSSA
+    import dattri.algorithm.influence_function  # noqa: F401
+    import dattri.algorithm.tracin  # noqa: F401
+    import dattri.task  # noqa: F401
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -182,6 +199,8 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
     test = DataLoader(TensorDataset(setup["xt"], setup["yt"]), batch_size=DATTRI_TEST_BATCH.get(method, len(setup["yt"])),
                       shuffle=False)
     lam = setup["damping"]
+    if method == "trak":  # bench_peers_trak.py
+        return worker_dattri_trak(setup, model, peak_rss_mb)
     if method in ("arnoldi", "datainf"):  # bench_peers_curvature.py
         return worker_dattri_curvature(method, setup, model, _dattri_task(setup, model, regularized=False),
                                        peak_rss_mb)
@@ -214,12 +233,16 @@ def worker_dattri(method: str, setup_path: str, scale: float | None) -> dict:
         elif method == "cg":
             att = IFAttributorCG(task, regularization=lam, max_iter=OURS_OPTIONS["cg"]["max_iter"],
                                  tol=OURS_OPTIONS["cg"]["tol"])
-        else:
-            att = IFAttributorLiSSA(task, damping=lam, scaling=scale or 50.0, batch_size=256,
-                                    recursion_depth=OURS_OPTIONS["lissa"]["depth"])
+        else:  # dattri's step is v + (1 - damping) h - H_b h / scale: damping = (wd + lam) / scale is ours
+            scale = scale or 50.0
+            att = IFAttributorLiSSA(task, damping=lam / scale, scaling=scale,
+                                    batch_size=OURS_OPTIONS["lissa"]["batch_size"],
+                                    recursion_depth=OURS_OPTIONS["lissa"]["depth"])  # its "rev-fwd" fails here
         full = DataLoader(TensorDataset(setup["x"], setup["y"]), batch_size=len(setup["y"]), shuffle=False)
         att.cache(full)
-        scores = att.attribute(train, test)
+        # dattri's attribute() redoes transform_test_rep (the whole CG / LiSSA solve) for every train batch:
+        # one train batch, so it solves once per test batch as ours does (it was 3x the work with 512 rows)
+        scores = att.attribute(full, test)
     seconds = time.perf_counter() - t0
     return {"seconds": seconds, "rss_start_mb": rss0, "checksum": float(scores.double().abs().sum())}
 

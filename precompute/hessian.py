@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vmap
+from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from precompute.gradients import LossFn, cross_entropy_loss
 from precompute.params import ParamSpace
@@ -52,6 +52,14 @@ def activation_size(model: nn.Module, x1: torch.Tensor) -> int:
     return max(total, 1)
 
 
+#: at most this many vectors take the reverse-over-reverse HVP in ``mode="auto"`` (``vjp`` of ``grad``: one
+#: forward + backward with the graph kept, then one backward per vector); more take forward-over-reverse.
+#: ``bench/bench_hvp.py``, 1 thread: reverse / forward time 0.21-0.23 (k = 1) and 0.70-0.85 (k = 32) on the
+#: digits MLP, 0.62-0.65 (k = 1) and 0.90 (k = 32) on the digits CNN; still 0.86-0.90 at k = 128-360 on the
+#: MLP, but the many-vector callers (block CG, LiSSA, the explicit Hessian) keep forward mode until measured
+REVERSE_HVP_MAX_VECTORS = 32
+
+
 def create_hvp_function(
     model: nn.Module,
     space: ParamSpace,
@@ -61,16 +69,30 @@ def create_hvp_function(
     batch_size: int = 512,
     theta: torch.Tensor | None = None,
     loss_fn: LossFn = cross_entropy_loss,
+    mode: str = "auto",
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``hvp(V [k, p]) -> H V [k, p]`` for the Hessian H of the full training objective J at ``theta``.
 
-    Forward-over-reverse (``jvp`` of ``grad``), vmapped over the vectors, summed over data batches.
-    The k vectors go through in chunks sized so that chunk x batch x activations per sample stays
-    near ``HVP_WORK_BUDGET`` (one vmapped call over all of them thrashes the cache: 2x slower on the
-    digits CNN, and its peak memory grows with k). Cost per call: ``ceil(n / batch_size) *
-    ceil(k / chunk)`` vmapped forward+backward passes; fewer vectors than a chunk take more data rows
-    per pass instead (up to the same budget), so a single vector is one pass on the digits models.
+    Two ways to the same product (equal up to float rounding), chosen per call by ``mode``:
+
+    * forward-over-reverse (``"forward"``; ``jvp`` of ``grad``), vmapped over the vectors. The k vectors
+      go through in chunks sized so that chunk x batch x activations per sample stays near
+      ``HVP_WORK_BUDGET`` (one vmapped call over all of them thrashes the cache: 2x slower on the digits
+      CNN, and its peak memory grows with k); fewer vectors than a chunk take more data rows per pass
+      instead (up to the same budget), so a single vector is one pass on the digits models.
+    * reverse-over-reverse (``"reverse"``; ``vjp`` of ``grad``): per row block one forward + backward
+      that keeps its graph, then one more backward per vector (vmapped over them). When all rows fit in
+      one block (n x activations per sample <= the budget), that linearisation is made on the first
+      call and kept for later ones, so each further HVP is only the second backward (its memory: the
+      graph of those n rows, within the same budget as one forward-over-reverse call).
+
+    ``"auto"``: reverse for at most ``REVERSE_HVP_MAX_VECTORS`` vectors (Arnoldi, Lanczos, the power
+    iteration: one at a time), forward for more (block CG, LiSSA's test batch, the explicit Hessian).
+    Digits MLP, 1 thread, one vector: 3.9-4.3 ms forward, 0.9-1.0 ms reverse with the kept graph (its
+    first call, which builds the graph, 3.2-3.6 ms).
     """
+    if mode not in ("auto", "forward", "reverse"):
+        raise ValueError(f"create_hvp_function: mode must be 'auto', 'forward' or 'reverse' (got {mode!r})")
     objective = create_batch_objective_function(model, space, loss_fn)
     theta0 = space.flatten(space.params(model)) if theta is None else theta
     n = len(x)
@@ -82,10 +104,33 @@ def create_hvp_function(
     multi = vmap(batch_hvp, in_dims=(0, None, None))
     act = activation_size(model, x[:1])
     chunk = max(1, HVP_WORK_BUDGET // (min(batch_size, max(n, 1)) * act))
+    linearized: list = []  # the kept vjp of grad over all rows (reverse mode, one row block)
+    vmapped = [True]  # reverse mode vmaps its second backward until an op refuses (then one by one)
+
+    # reverse mode: row blocks as for one forward-over-reverse vector (the same for every k, so one kept
+    # graph serves all calls), the vectors through each block's backward in chunks within the budget
+    rev_rows = min(max(n, 1), max(batch_size, HVP_WORK_BUDGET // act))
+    rev_chunk = max(1, HVP_WORK_BUDGET // (rev_rows * act))
+
+    def reverse(vv: torch.Tensor) -> torch.Tensor:
+        out = weight_decay * vv.clone()
+        for s in range(0, n, rev_rows):
+            if linearized:
+                back = linearized[0]
+            else:
+                back = vjp(lambda t, s=s: g(t, x[s:s + rev_rows], y[s:s + rev_rows]), theta0)[1]
+                if rev_rows >= n:
+                    linearized.append(back)
+            for c in range(0, len(vv), rev_chunk):
+                out[c:c + rev_chunk] += _backward_each(back, vv[c:c + rev_chunk], vmapped) / n
+        return out
 
     def hvp(v: torch.Tensor) -> torch.Tensor:
         squeeze = v.dim() == 1
         vv = v.unsqueeze(0) if squeeze else v
+        if mode == "reverse" or (mode == "auto" and len(vv) <= REVERSE_HVP_MAX_VECTORS):
+            out = reverse(vv)
+            return out.squeeze(0) if squeeze else out
         out = weight_decay * vv.clone()
         rows = batch_size
         if len(vv) < chunk:  # few vectors (Arnoldi, Lanczos, one CG block): more rows per call, fewer calls;
@@ -97,6 +142,18 @@ def create_hvp_function(
         return out.squeeze(0) if squeeze else out
 
     return hvp
+
+
+def _backward_each(back: Callable, part: torch.Tensor, vmapped: list[bool]) -> torch.Tensor:
+    """``back(v)`` for each row of ``part [k, p]``: vmapped, or one at a time where vmap cannot batch the
+    backward (the digits CNN's float32 conv/pool backward: "NYI: querying is_contiguous inside of vmap";
+    remembered in ``vmapped[0]``)."""
+    if len(part) > 1 and vmapped[0]:
+        try:
+            return vmap(back)(part)[0]
+        except RuntimeError:
+            vmapped[0] = False
+    return torch.stack([back(v)[0] for v in part])
 
 
 def explicit_hessian(hvp: Callable[[torch.Tensor], torch.Tensor], p: int, dtype: torch.dtype,

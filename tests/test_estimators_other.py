@@ -80,6 +80,35 @@ def test_trak_ensemble_is_the_mean_over_models(mlp):
     assert not np.allclose(singles[0], singles[-1])  # the checkpoints really differ
 
 
+def test_trak_kept_train_rows_equal_recomputed_and_cholesky_equals_eigh(mlp, monkeypatch):
+    import precompute.influence.trak as trak
+
+    task, xs, ys = mlp
+    kept = get_estimator("trak", {"proj_dim": 16}).fit(task)
+    assert kept.train_phi_rows_ is not None and bool(kept.train_phi_rows_.all())
+    monkeypatch.setattr(trak, "TRAIN_PHI_CACHE_MAX", 0)
+    fresh = get_estimator("trak", {"proj_dim": 16}).fit(task)
+    assert fresh.train_phi_rows_ is None
+    for s, e in ((0, task.n_train), (3, 11)):  # row slices of task.x_train: from the kept rows
+        assert kept._kept_rows(task.x_train[s:e], task.y_train[s:e]) == s
+        torch.testing.assert_close(kept.train_factors(task.x_train[s:e], task.y_train[s:e]),
+                                   fresh.train_factors(task.x_train[s:e], task.y_train[s:e]), rtol=1e-10, atol=1e-12)
+    copy_x = task.x_train[3:11].clone()  # equal rows, other storage: recomputed
+    assert kept._kept_rows(copy_x, task.y_train[3:11]) is None
+    assert kept._kept_rows(task.x_train[3:11], task.y_train[4:12]) is None
+    assert kept._kept_rows(task.x_train[::2], task.y_train[::2]) is None
+    torch.testing.assert_close(kept.train_factors(copy_x, task.y_train[3:11]),
+                               fresh.train_factors(task.x_train[3:11], task.y_train[3:11]), rtol=1e-10, atol=1e-12)
+    a = torch.randn(40, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gram = a.T @ a / 40
+    evals, evecs = torch.linalg.eigh(gram)
+    torch.testing.assert_close(trak._damped_inverse(gram, 0.1), (evecs / (evals + 0.1)) @ evecs.T)
+    low = torch.zeros(4, 4, dtype=torch.float64)
+    low[0, 0] = 2.0  # singular, no damping: the eigendecomposition's pseudo-inverse
+    torch.testing.assert_close(trak._damped_inverse(low, 0.0), torch.diag(torch.tensor([0.5, 0, 0, 0],
+                                                                                      dtype=torch.float64)))
+
+
 def test_representer_decomposes_the_head_at_its_optimum():
     x, y = blobs(60)
     model = build_model(ModelConfig(arch="logreg", hidden=[], dtype="float64"), (8,), 3)

@@ -49,8 +49,9 @@ def test_params_override_uses_given_values() -> None:
     assert torch.allclose(g[:, -3:], expected_bias)
 
 
+@pytest.mark.parametrize("mode", ["auto", "forward", "reverse"])
 @pytest.mark.parametrize("budget", [1, 10**9])  # one vector per vmapped call / all vectors at once
-def test_hvp_equals_autograd_hessian_in_any_chunking(monkeypatch, budget: int) -> None:
+def test_hvp_equals_autograd_hessian_in_any_chunking(monkeypatch, budget: int, mode: str) -> None:
     import precompute.hessian as hessian
 
     monkeypatch.setattr(hessian, "HVP_WORK_BUDGET", budget)
@@ -62,10 +63,47 @@ def test_hvp_equals_autograd_hessian_in_any_chunking(monkeypatch, budget: int) -
     theta = space.flatten(space.params(model))
     wd = 0.1
     dense = torch.autograd.functional.hessian(lambda t: objective(t, x, y) / len(x) + wd / 2 * t @ t, theta)
-    hvp = hessian.create_hvp_function(model, space, x, y, wd, batch_size=4)  # 3 data batches
-    v = torch.randn(7, space.size, dtype=torch.float64)
-    assert torch.allclose(hvp(v), v @ dense, atol=1e-10)
-    assert torch.allclose(hvp(v[0]), dense @ v[0], atol=1e-10)
+    hvp = hessian.create_hvp_function(model, space, x, y, wd, batch_size=4, mode=mode)  # 3 data batches
+    # more than REVERSE_HVP_MAX_VECTORS rows, then 3 and 1: "auto" takes both modes
+    v = torch.randn(hessian.REVERSE_HVP_MAX_VECTORS + 4, space.size, dtype=torch.float64)
+    for _ in range(2):  # the second round reuses the kept reverse-mode graph (budget 10**9: one row block)
+        assert torch.allclose(hvp(v), v @ dense, atol=1e-10)
+        assert torch.allclose(hvp(v[:3]), v[:3] @ dense, atol=1e-10)
+        with torch.no_grad():
+            assert torch.allclose(hvp(v[0]), dense @ v[0], atol=1e-10)
+
+
+def test_hvp_modes_agree_in_float32() -> None:
+    """Forward- and reverse-over-reverse HVPs agree to float32 rounding (the digits-sized path, kept graph)."""
+    import precompute.hessian as hessian
+
+    torch.manual_seed(1)
+    model = build_model(ModelConfig(arch="mlp", hidden=[16]), (1, 8, 8), 10)
+    x, y = torch.randn(300, 1, 8, 8), torch.randint(0, 10, (300,))
+    space = ParamSpace(model, select_parameters(model))
+    fwd = hessian.create_hvp_function(model, space, x, y, 1e-3, mode="forward")
+    rev = hessian.create_hvp_function(model, space, x, y, 1e-3, mode="reverse")
+    v = torch.randn(5, space.size)
+    for _ in range(2):
+        a, b = fwd(v), rev(v)
+        assert float((a - b).abs().max() / a.abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="mode"):
+        hessian.create_hvp_function(model, space, x, y, 1e-3, mode="sideways")
+
+
+def test_reverse_hvp_falls_back_to_one_vector_at_a_time() -> None:
+    """Where vmap cannot batch the second backward (the digits CNN in float32), the vectors go one by one."""
+    from precompute.hessian import _backward_each
+
+    def back(v: torch.Tensor) -> tuple[torch.Tensor]:
+        if torch._C._functorch.is_batchedtensor(v):
+            raise RuntimeError("NYI: querying is_contiguous inside of vmap")
+        return (2 * v,)
+
+    vmapped = [True]
+    v = torch.arange(12.0).reshape(3, 4)
+    assert torch.equal(_backward_each(back, v, vmapped), 2 * v) and vmapped == [False]
+    assert torch.equal(_backward_each(back, v, vmapped), 2 * v)  # remembered: no second try
 
 
 def test_activation_size_counts_leaf_outputs() -> None:

@@ -31,6 +31,9 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 #: above this many entries (p x proj_dim) TRAK projects per layer instead of with a dense [p, k] Gaussian
 DENSE_PROJECTION_MAX = 2**26
+#: fit keeps the training rows' projected gradients (M x n x k values, model dtype) up to this many, and
+#: ``train_factors`` of those rows reuses them instead of projecting again (the projection is TRAK's cost)
+TRAIN_PHI_CACHE_MAX = 2**25
 
 
 @dataclass
@@ -63,7 +66,9 @@ class TRAK(InfluenceEstimator):
     mean eigenvalue of Phi^T Phi / n (margin gradients are larger than loss gradients, so a lambda
     sized for H is relatively tiny here; prefer "auto" for TRAK). M models: the saved checkpoints (or
     several trained models passed as checkpoints). Cost O(M (n + m) p k) for projected gradients plus
-    O(M (n k^2 + k^3)) for the kernels; factors are M k-dim. Use for large models and many samples
+    O(M (n k^2 + k^3)) for the kernels; factors are M k-dim. fit keeps the training rows' projected
+    gradients when they are small (``TRAIN_PHI_CACHE_MAX``), so ``train_factors`` of row slices of
+    ``task.x_train`` does not project them a second time. Use for large models and many samples
     when a cheap, ensembled, Hessian-free estimate is wanted.
     """
 
@@ -95,6 +100,9 @@ class TRAK(InfluenceEstimator):
         if not self.models_:
             self.models_ = [task.model]
         p, k = task.space.size, self.config.proj_dim
+        keep = len(self.models_) * task.n_train * min(k, p) <= TRAIN_PHI_CACHE_MAX
+        self.train_phi_: list[torch.Tensor] = []  # [n, k] per model (rows this process fitted), when kept
+        self.train_phi_rows_ = torch.zeros(task.n_train, dtype=torch.bool) if keep else None
         self.projections_: list[torch.Tensor | None] = []
         self.kernels_: list[torch.Tensor] = []
         self.compressor_ = task.compressor
@@ -115,19 +123,35 @@ class TRAK(InfluenceEstimator):
                 self.projections_.append(proj.to(dtype=model_dtype(task), device=task.x_train.device))
             probe = self._phi(j, task.x_train[:1], task.y_train[:1])
             gram = torch.zeros(probe.shape[1], probe.shape[1], dtype=torch.float64, device=probe.device)
-            for s in task.fit_batch_starts(task.batch_size):  # streamed: phi is never [n, k] in memory
+            kept = None
+            if self.train_phi_rows_ is not None:  # in the projection's dtype (the compressor's: any), so lossless
+                dtype = model_dtype(task) if self.compressor_ is None else torch.float64
+                kept = torch.zeros(task.n_train, probe.shape[1], dtype=dtype, device=probe.device)
+                self.train_phi_.append(kept)
+            for s in task.fit_batch_starts(task.batch_size):  # streamed unless kept (TRAIN_PHI_CACHE_MAX)
                 phi = self._phi(j, task.x_train[s:s + task.batch_size], task.y_train[s:s + task.batch_size])
                 gram += (phi.T @ phi).to(torch.float64)  # summed in float64: any split over ranks agrees
+                if kept is not None:
+                    kept[s:s + len(phi)] = phi  # phi: that projection widened to float64
+                    self.train_phi_rows_[s:s + len(phi)] = True
             task.all_reduce_sum_([gram])
             gram = (gram / task.n_train).to(probe.dtype)
             lam = AUTO_DAMPING_SCALE * float(gram.trace()) / len(gram) if raw == "auto" else float(raw)
             self.lams_.append(lam)
-            evals, evecs = torch.linalg.eigh(gram)
-            shifted = evals.clamp_min(0) + lam
-            tiny = shifted.max() * 1e-12
-            inv = torch.where(shifted > tiny, 1.0 / shifted.clamp_min(tiny), torch.zeros_like(shifted))
-            self.kernels_.append((evecs * inv) @ evecs.T)  # [k, k]
+            self.kernels_.append(_damped_inverse(gram, lam))  # [k, k]
         return self
+
+    def _kept_rows(self, x: torch.Tensor, y: torch.Tensor) -> int | None:
+        """First row of ``x, y`` in the training set when they are a row slice (views) of
+        ``task.x_train, task.y_train`` whose projected gradients fit kept; else None."""
+        task = self._require_fit()
+        rows = getattr(self, "train_phi_rows_", None)
+        if rows is None or not len(x) or len(x) != len(y):
+            return None
+        start = _row_offset(task.x_train, x)
+        if start is None or _row_offset(task.y_train, y) != start or not bool(rows[start:start + len(x)].all()):
+            return None
+        return start
 
     def _phi(self, j: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Projected margin gradients of model j, ``[b, k]``."""
@@ -141,10 +165,13 @@ class TRAK(InfluenceEstimator):
 
     def train_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         parts = []
+        start = self._kept_rows(x, y)
         for j, m in enumerate(self.models_):
             with torch.no_grad():
                 p_y = torch.softmax(m(x).to(torch.float64), dim=1).gather(1, y[:, None])  # [b, 1]
-            parts.append(self._phi(j, x, y) * (1.0 - p_y))
+            phi = (self._phi(j, x, y) if start is None
+                   else self.train_phi_[j][start:start + len(x)].to(torch.float64))
+            parts.append(phi * (1.0 - p_y))
         return as_model_dtype(self._require_fit(), torch.cat(parts, dim=1))  # [b, M k]
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -157,3 +184,27 @@ class TRAK(InfluenceEstimator):
         proj = (f"compressor k={self.compressor_.dim}" if self.compressor_ is not None
                 else None if self.projections_[0] is None else self.config.proj_dim)
         return {"damping": self.lams_, "n_models": len(self.models_), "proj_dim": proj}
+
+
+def _damped_inverse(gram: torch.Tensor, lam: float) -> torch.Tensor:
+    """``(gram + lam I)^-1`` of the PSD ``gram``: by Cholesky when ``lam`` keeps every shifted eigenvalue
+    above the pseudo-inverse cut (~3x faster than ``eigh`` at k = 512, float64); else the eigendecomposition
+    with negative eigenvalues clamped to 0 and those below ``1e-12 x`` the largest dropped."""
+    if lam > 1e-12 * (float(gram.trace()) + lam):  # largest eigenvalue <= trace: no eigenvalue is cut
+        chol, info = torch.linalg.cholesky_ex(gram + lam * torch.eye(len(gram), dtype=gram.dtype, device=gram.device))
+        if int(info) == 0:
+            return torch.cholesky_inverse(chol)
+    evals, evecs = torch.linalg.eigh(gram)
+    shifted = evals.clamp_min(0) + lam
+    tiny = shifted.max() * 1e-12
+    inv = torch.where(shifted > tiny, 1.0 / shifted.clamp_min(tiny), torch.zeros_like(shifted))
+    return (evecs * inv) @ evecs.T
+
+
+def _row_offset(base: torch.Tensor, part: torch.Tensor) -> int | None:
+    """Row index in ``base`` where ``part`` starts when ``part`` is a contiguous row slice (a view) of it."""
+    if (part.untyped_storage().data_ptr() != base.untyped_storage().data_ptr() or part.dim() != base.dim()
+            or part.shape[1:] != base.shape[1:] or part.stride() != base.stride() or not base.stride(0)):
+        return None
+    start, rest = divmod(part.storage_offset() - base.storage_offset(), base.stride(0))
+    return start if not rest and 0 <= start and start + len(part) <= len(base) else None
