@@ -19,7 +19,7 @@ from torch import nn
 
 from cache_format.metrics import mean_spearman
 from precompute.config import ModelConfig, TrainConfig
-from precompute.errors import MethodError
+from precompute.errors import ConfigError, MethodError
 from precompute.influence import InfluenceTask, get_estimator
 from precompute.influence._toy import blobs, tiny_task
 from precompute.influence.datamodels import fit_datamodels, heldout_fit
@@ -121,6 +121,31 @@ def test_forward_inf_without_anchor_is_a_scaled_gradient_dot_product(logreg):
     s = compute_scores(get_estimator("forward_inf", {"anchor": 0.0, "steps": 1, "lr": 0.5}), task, xs, ys)
     dot = compute_scores(get_estimator("graddot"), task, xs, ys)
     np.testing.assert_allclose(s, 0.5 * dot, rtol=1e-4, atol=1e-8 * np.abs(dot).max())  # O(eps^2) terms
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_forward_inf_spectral_solve_is_the_fine_tune_in_the_linear_limit(arch):
+    """The closed form (eigendecomposition of H_B) against the fine-tune it replaces, at a test weight small
+    enough that the fine-tune is linear; at the default 1e-3 they differ by the fine-tune's nonlinearity."""
+    task, xs, ys = tiny_task(arch)
+    runs = {}
+    for solver in ("finetune", "spectral"):
+        est = get_estimator("forward_inf", {"solver": solver, "test_weight": 1e-6})
+        runs[solver] = (compute_scores(est, task, xs, ys), compute_self_influence(est, task, 32), est.fit_info())
+    (s_ft, self_ft, info_ft), (s_sp, self_sp, info_sp) = runs["finetune"], runs["spectral"]
+    assert info_sp["solver"] == "spectral" and info_ft["solver"] == "finetune"
+    assert info_sp["lr"] == pytest.approx(info_ft["lr"], rel=1e-9)  # the same step size rule
+    np.testing.assert_allclose(s_sp, s_ft, atol=2e-3 * np.abs(s_ft).max())
+    np.testing.assert_allclose(self_sp, self_ft, atol=2e-3 * np.abs(self_ft).max())
+    assert mean_spearman(s_sp, s_ft) >= 0.999
+
+
+def test_forward_inf_auto_solver_and_its_validation():
+    task, xs, ys = tiny_task("mlp")
+    assert get_estimator("forward_inf").fit(task).fit_info()["solver"] == "spectral"  # p = 75: H_B is cheap
+    assert get_estimator("forward_inf", {"anchor": 0.0}).fit(task).fit_info()["solver"] == "finetune"
+    with pytest.raises(ConfigError, match="forward_inf.solver"):
+        get_estimator("forward_inf", {"solver": "eigh"})
 
 
 # ---------------------------------------------------------------------------- data value embedding
