@@ -202,7 +202,10 @@ def _damped_inverse(gram: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 def _row_offset(base: torch.Tensor, part: torch.Tensor) -> int | None:
-    """Row index in ``base`` where ``part`` starts when ``part`` is a contiguous row slice (a view) of it."""
+    """Row index in ``base`` where ``part`` starts when ``part`` is a contiguous row slice (a view) of it
+    (None for lazy rows, which are not tensors)."""
+    if not isinstance(base, torch.Tensor) or not isinstance(part, torch.Tensor):
+        return None
     if (part.untyped_storage().data_ptr() != base.untyped_storage().data_ptr() or part.dim() != base.dim()
             or part.shape[1:] != base.shape[1:] or part.stride() != base.stride() or not base.stride(0)):
         return None
