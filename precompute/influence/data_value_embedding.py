@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, jvp, vmap
 from precompute.errors import ConfigError, MethodError
 from precompute.hessian import activation_size
 from precompute.influence._common import as_model_dtype
+from precompute.influence._dve_subspace import gradient_subspace, subspace_embeddings
 from precompute.influence._rows import RowIndex
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 from precompute.training import objective
@@ -24,6 +25,12 @@ CACHE_ELEMENTS = 1 << 24
 REPLAY_RTOL = 1e-3
 #: floats one vmapped tangent step may touch (rows x (batch x activations per sample + 8 P)); see ``_chunk``
 TANGENT_WORK_BUDGET = 12_000_000
+#: ``solver = "auto"`` runs the exact solver while its work, steps x rows x batch x activations per
+#: sample, stays under this (the digits MLP's 9.4e9 took ~110 s on 2 cores), else the subspace solver,
+#: whose ``rank = "auto"`` is this budget over steps x batch x activations, within ``AUTO_RANK``
+WORK_BUDGET = 2e9
+AUTO_RANK = (32, 256)
+SOLVERS = ("auto", "exact", "subspace")
 NEEDS = ("data_value_embedding: needs the built-in trainer's recorded trajectory (batches and learning rates "
          "per step of an sgd/adam run); {why}: train the model with `influence-explorer precompute` "
          "(train.optimizer = \"sgd\" or \"adam\") with data_value_embedding in influence.methods")
@@ -32,15 +39,28 @@ NEEDS = ("data_value_embedding: needs the built-in trainer's recorded trajectory
 @dataclass
 class DataValueEmbeddingConfig(MethodConfig):
     """``check_replay``: verify that replaying the recorded steps reproduces the task's model (within
-    0.1%). ``damping`` is not used."""
+    0.1%). ``solver``: ``"exact"`` propagates every row's tangent through every step (forward-mode AD);
+    ``"subspace"`` computes the same embeddings exactly but seen through the top-``rank`` directions of
+    the final training gradients (``_dve_subspace``; ``rank = "auto"``: from ``WORK_BUDGET``, 32-256;
+    ``seed``: the subspace iteration's start); ``"auto"``: exact while its work is under
+    ``WORK_BUDGET``, else subspace. ``damping`` is not used."""
 
     check_replay: bool = True
+    solver: str = "auto"
+    rank: int | str = "auto"
+    seed: int = 0
 
     def validate(self) -> DataValueEmbeddingConfig:
         super().validate()
+        where = "influence.options.data_value_embedding"
         if not isinstance(self.check_replay, bool):
-            raise ConfigError("influence.options.data_value_embedding.check_replay: must be true or false "
-                              f"(got {self.check_replay!r})")
+            raise ConfigError(f"{where}.check_replay: must be true or false (got {self.check_replay!r})")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"{where}.solver: must be one of {', '.join(SOLVERS)} (got {self.solver!r})")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"{where}.seed: must be an integer (got {self.seed!r})")
+        if self.rank != "auto" and (not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1):
+            raise ConfigError(f"{where}.rank: must be \"auto\" or an integer >= 1 (got {self.rank!r})")
         return self
 
 
@@ -92,8 +112,16 @@ class DataValueEmbedding(InfluenceEstimator):
         self.replay_error_ = None
         self.act_: int | None = None
         self.all_: torch.Tensor | None = None
-        if self.config.check_replay:
+        self.solver_ = self._pick_solver(task)
+        final = None
+        self.Q_: torch.Tensor | None = None
+        self.energy_: float | None = None
+        if self.solver_ == "subspace":  # Q^T e_z for every row from one replay and one adjoint sweep: [n, r]
+            self.Q_, self.energy_ = gradient_subspace(task, self._rank(task), self.config.seed)
+            self.all_, final = subspace_embeddings(self, self.Q_)  # the replay is also the check
+        elif self.config.check_replay:
             final = self._run(None)[0]
+        if self.config.check_replay and final is not None:
             ref = task.space.flatten(task.space.params(task.model))
             got = task.space.flatten({n: final[n] for n in task.space.names})
             self.replay_error_ = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
@@ -102,6 +130,23 @@ class DataValueEmbedding(InfluenceEstimator):
                                   f"model (relative distance {self.replay_error_:.2g}); the model is not the end of "
                                   "its recorded run")
         return self
+
+    def _step_work(self, task: InfluenceTask) -> float:
+        """Work of one tangent through the whole run: steps x batch x activations per sample."""
+        tr = task.trajectory
+        batch = max((len(b) for b in tr.batches), default=0)
+        return float(tr.steps * batch * activation_size(task.model, task.x_train[:1]))
+
+    def _pick_solver(self, task: InfluenceTask) -> str:
+        if self.config.solver != "auto":
+            return self.config.solver
+        return "exact" if self._step_work(task) * task.n_train <= WORK_BUDGET else "subspace"
+
+    def _rank(self, task: InfluenceTask) -> int:
+        if self.config.rank != "auto":
+            return int(self.config.rank)
+        low, high = AUTO_RANK
+        return int(min(high, max(low, WORK_BUDGET // max(self._step_work(task), 1.0))))
 
     # ------------------------------------------------------------------ the replayed step
     def _unflat(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -224,6 +269,9 @@ class DataValueEmbedding(InfluenceEstimator):
         if len(x) == 0:
             return torch.zeros((0, task.space.size), dtype=next(task.model.parameters()).dtype)
         idx = self.rows_(x, y)
+        if self.solver_ == "subspace":  # computed in fit
+            assert self.all_ is not None
+            return as_model_dtype(task, self.all_[idx.to(self.all_.device)])
         if task.n_train * task.space.size <= CACHE_ELEMENTS:  # small: one replay for every row, kept
             if self.all_ is None:
                 self.all_ = self._embeddings(torch.arange(task.n_train))
@@ -237,8 +285,15 @@ class DataValueEmbedding(InfluenceEstimator):
         return as_model_dtype(task, task.space.flatten({n: emb[n] for n in task.space.names}, batch_dims=1))
 
     def query_factors(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self._require_fit().gradients(x, y)
+        """Test gradients ``[b, p]`` (subspace: ``[b, r]``, ``g Q`` with the embeddings' Q)."""
+        g = self._require_fit().gradients(x, y)
+        if self.solver_ == "subspace":
+            return g if self.Q_ is None else as_model_dtype(self._require_fit(), g.to(self.Q_.dtype) @ self.Q_)
+        return g
 
     def fit_info(self) -> dict[str, Any]:
         tr = self._require_fit().trajectory
-        return {"steps": tr.steps, "optimizer": tr.optimizer, "replay_relative_error": self.replay_error_}
+        return {"steps": tr.steps, "optimizer": tr.optimizer, "replay_relative_error": self.replay_error_,
+                "solver": self.solver_,
+                **({"rank": self.all_.shape[1], "subspace_energy": self.energy_} if self.solver_ == "subspace"
+                   else {})}
