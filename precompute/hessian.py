@@ -247,6 +247,20 @@ def staged_hessian(model: nn.Sequential, space: ParamSpace, x: torch.Tensor, y: 
     return 0.5 * (H + H.T)
 
 
+def objective_hessian(model: nn.Module, space: ParamSpace, x: torch.Tensor, y: torch.Tensor, weight_decay: float,
+                      batch_size: int = 512, loss_fn: LossFn = cross_entropy_loss,
+                      progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """H ``[p, p]`` float64 of J on ``(x, y)``: :func:`staged_hessian` when the model is a chain of stages,
+    else :func:`explicit_hessian` from p whole-model HVPs."""
+    H = staged_hessian(model, space, x, y, weight_decay, batch_size, loss_fn=loss_fn,  # type: ignore[arg-type]
+                       progress=progress)  # None unless the model is a chain of stages
+    if H is None:
+        hvp = create_hvp_function(model, space, x, y, weight_decay, batch_size, loss_fn=loss_fn)
+        H = explicit_hessian(hvp, space.size, dtype=next(model.parameters()).dtype, device=y.device,
+                             progress=progress)
+    return H.to(torch.float64)
+
+
 def _ranges(space: ParamSpace) -> list[torch.Tensor]:
     """Each parameter's flat positions in ``space`` (``[numel]`` int64 per name, in order)."""
     out, start = [], 0

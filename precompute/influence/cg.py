@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from precompute.errors import ConfigError, MethodError
-from precompute.hessian import create_hvp_function, explicit_hessian, hessian_cost, staged_hessian
+from precompute.hessian import hessian_cost, objective_hessian
 from precompute.influence._common import Matvec, as_model_dtype, damped_hvp, gradients64
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
@@ -64,14 +64,8 @@ class CGConfig(MethodConfig):
 
 def _explicit(task: InfluenceTask, batch_size: int) -> torch.Tensor:
     """H ``[p, p]`` float64 of the training objective (staged by layer when the model allows)."""
-    H = staged_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay, batch_size,
-                       loss_fn=task.loss_fn)
-    if H is None:
-        hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay, batch_size,
-                                  loss_fn=task.loss_fn)
-        H = explicit_hessian(hvp, task.space.size, dtype=next(task.model.parameters()).dtype,
-                             device=task.x_train.device)
-    return H.to(torch.float64)
+    return objective_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay, batch_size,
+                             loss_fn=task.loss_fn)
 
 
 def _indefinite(value: float) -> MethodError:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from precompute.errors import ConfigError, MethodError
-from precompute.hessian import create_hvp_function, explicit_hessian, staged_hessian
+from precompute.hessian import objective_hessian
 from precompute.influence.arnoldi import arnoldi_eigs
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
@@ -79,14 +79,8 @@ class ExactInfluence(InfluenceEstimator):
         super().fit(task)
         report = task.progress
         tick = None if report is None else (lambda k: report("Hessian columns", k, p))
-        H = staged_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
-                           task.batch_size, loss_fn=task.loss_fn, progress=tick)
-        if H is None:  # not a chain of stages: p HVPs of the whole model
-            hvp = create_hvp_function(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
-                                      task.batch_size, loss_fn=task.loss_fn)
-            H = explicit_hessian(hvp, p, dtype=next(task.model.parameters()).dtype, device=task.x_train.device,
-                                 progress=tick)
-        H = H.to(torch.float64)
+        H = objective_hessian(task.model, task.space, task.x_train, task.y_train, task.weight_decay,
+                              task.batch_size, loss_fn=task.loss_fn, progress=tick)
         lam = self.damping_for(task)
         self.hessian_, self.lam_ = H, lam
         self._spectrum: torch.Tensor | None = None

@@ -10,7 +10,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from precompute.errors import ConfigError, MethodError
-from precompute.hessian import create_hvp_function, explicit_hessian, hessian_cost, staged_hessian
+from precompute.hessian import hessian_cost, objective_hessian
 from precompute.influence.base import Capabilities, InfluenceEstimator, InfluenceTask, MethodConfig
 
 #: test rows whose fine-tuned copies are evaluated on a train chunk at once
@@ -143,12 +143,8 @@ class ForwardInf(InfluenceEstimator):
         task = self._require_fit()
         assert self.anchor_ is not None
         xb, yb, _ = self.anchor_
-        H = staged_hessian(task.model, task.space, xb, yb, task.weight_decay, task.batch_size, loss_fn=task.loss_fn)
-        if H is None:
-            hvp = create_hvp_function(task.model, task.space, xb, yb, task.weight_decay, task.batch_size,
-                                      loss_fn=task.loss_fn)
-            H = explicit_hessian(hvp, task.space.size, dtype=self._dtype(), device=xb.device)
-        return H.to(torch.float64)
+        return objective_hessian(task.model, task.space, xb, yb, task.weight_decay, task.batch_size,
+                                 loss_fn=task.loss_fn)
 
     def _top_eigenvalue(self, hvp, dtype: torch.dtype, iters: int = 30) -> float:
         """Largest eigenvalue of ``anchor * H_B`` (power iteration; H_B psd near the optimum)."""
